@@ -1,0 +1,32 @@
+"""pike: a callback-style transport layer for Python.
+
+A :class:`~pike.transport.Transport` mirrors one non-blocking socket onto a
+:class:`~pike.poller.Poller` (epoll, kqueue, poll or select) and fires
+``handle_*`` callbacks into the protocol layers above it.
+
+Importing pike creates no kernel object: the default poller is made the
+first time :func:`get_poller` (or :func:`loop`) asks for it.
+"""
+
+__version__ = "0.1.0"
+
+from ._impl import IMPLEMENTATION  # noqa: E402
+from .poller import (  # noqa: E402
+    available_pollers,
+    get_poller,
+    loop,
+    make_poller,
+    set_poller,
+)
+from .transport import Transport  # noqa: E402
+
+__all__ = [
+    "__version__",
+    "IMPLEMENTATION",
+    "Transport",
+    "available_pollers",
+    "get_poller",
+    "loop",
+    "make_poller",
+    "set_poller",
+]

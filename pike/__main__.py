@@ -1,0 +1,47 @@
+"""The command line: ``python -m pike {info,bench}``."""
+
+import argparse
+import sys
+
+
+def _info(args):
+    import pike
+    from pike import _impl
+
+    print(f"pike {pike.__version__}")
+    print(f"python {sys.version.split()[0]} ({sys.implementation.name})")
+    print(f"implementation: {pike.IMPLEMENTATION} (PIKE_IMPL={_impl.REQUESTED})")
+    print(f"implementations available: {', '.join(_impl.available_implementations())}")
+    pollers = pike.available_pollers()
+    print(f"pollers available: {', '.join(pollers)}")
+    default = pike.make_poller()
+    print(f"default poller: {default.name}")
+    default.close()
+    return 0
+
+
+def _bench(args):
+    from pike.bench.cli import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m pike", description=__doc__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    info = commands.add_parser("info", help="version, implementation, pollers")
+    info.set_defaults(run=_info)
+    bench = commands.add_parser(
+        "bench",
+        help="side-by-side echo benchmark (python -m pike bench --help)",
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
+    bench.set_defaults(run=_bench)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,603 @@
+"""Transport: one non-blocking socket mirrored onto a poller.
+
+A Transport is both the socket's owner and the place its events land: the
+poller calls ``handle_read_event`` / ``handle_write_event``, which turn
+into the ``handle_*`` callbacks an application overrides. It is a drop-in
+for most uses of ``asyncore.dispatcher``, with two differences that make it
+fast: write notifications are single-shot and only armed on demand, and
+there is a buffered write path (:meth:`Transport.write`) with flow control.
+
+Write notifications are armed by a pending connect, by a send that would
+block, by queued data, and by ``poller.defer_write(transport)``; each fires
+``handle_write_event`` once. Connect success is read from ``SO_ERROR``.
+
+Most attributes that rarely change live on the class as defaults, so an
+idle connection's instance dict stays small.
+"""
+
+import errno
+import logging
+import os
+import socket
+
+from .errors import CONNECT_IN_PROGRESS_ERRNOS, CONNECTION_LOST_ERRNOS
+from .poller import get_poller
+from .write_queue import WriteQueue
+
+logger = logging.getLogger("pike")
+
+#: Default high water mark of the write buffer, in bytes.
+DEFAULT_HIGH_WATER = 64 * 1024
+
+# Connections accepted per readiness event of a listener: enough to drain a
+# burst in one go, few enough that a flood cannot starve other channels.
+_ACCEPTS_PER_EVENT = 32
+
+# Default arguments are evaluated in the class body, where ``socket`` names
+# the class attribute, not the module.
+_AF_INET = socket.AF_INET
+_SOCK_STREAM = socket.SOCK_STREAM
+_SOMAXCONN = socket.SOMAXCONN
+
+
+class Transport:
+    """One socket on one poller, firing ``handle_*`` callbacks.
+
+    ``Transport(alternate_poller=None, sock=None)``: the transport lives on
+    ``alternate_poller`` when given, else on the process's default poller.
+    ``sock``, when given, is passed to :meth:`set_socket`.
+
+    Set ``half_close = True`` (on the class or the instance) to keep the
+    connection open for writing after the peer's EOF: :meth:`handle_eof`
+    is called instead of :meth:`handle_close`.
+    """
+
+    #: Keep writing after the peer's EOF (see :meth:`handle_eof`).
+    half_close = False
+
+    socket = None
+    addr = None
+    connected = False
+    connecting = False
+    accepting = False
+    closed = False
+    #: True once the peer's EOF was seen (with ``half_close``).
+    eof_received = False
+    #: The OSError of a failed connect, once one failed.
+    connect_error = None
+
+    _fileno = -1
+    _reading = True
+    _write_armed = False
+    _queue = None  # WriteQueue, made on first use
+    _write_state = 0  # 0 open, 1 EOF after drain, 2 shut, 3 close after drain
+    _writing_paused = False
+    _high_water = DEFAULT_HIGH_WATER
+    _low_water = DEFAULT_HIGH_WATER // 4
+
+    def __init__(self, alternate_poller=None, sock=None):
+        self.poller = alternate_poller if alternate_poller is not None else get_poller()
+        if sock is not None:
+            self.set_socket(sock)
+
+    # -- socket set-up ----------------------------------------------------
+
+    def create_socket(self, family=_AF_INET, type=_SOCK_STREAM):
+        """Create a non-blocking socket and register it with the poller."""
+        sock = socket.socket(family, type)
+        try:
+            self.set_socket(sock)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def set_socket(self, sock):
+        """Mirror ``sock`` on this transport and register it with the poller.
+
+        The socket is made non-blocking. A connected stream socket makes the
+        transport ``connected``; a listening one makes it ``accepting``.
+        """
+        if self.socket is not None:
+            raise RuntimeError(f"{self!r} already has a socket")
+        if self.closed:
+            raise RuntimeError(f"{self!r} is closed")
+        sock.setblocking(False)
+        self.socket = sock
+        self._fileno = sock.fileno()
+        if sock.type == socket.SOCK_STREAM:
+            self._note_existing_state(sock)
+        self.poller.add_channel(self)
+
+    def _note_existing_state(self, sock):
+        try:
+            if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+                self.accepting = True
+                return
+        except OSError:
+            pass
+        try:
+            self.addr = sock.getpeername()
+        except OSError:
+            return  # not connected (yet)
+        self.connected = True
+
+    def fileno(self):
+        """The socket's fd (-1 when there is none)."""
+        return self._fileno
+
+    def set_reuse_addr(self):
+        """Set ``SO_REUSEADDR`` so a server can rebind a port in TIME_WAIT."""
+        self.socket.setsockopt(
+            socket.SOL_SOCKET,
+            socket.SO_REUSEADDR,
+            self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) | 1,
+        )
+
+    def bind(self, address):
+        self.addr = address
+        self._require_socket().bind(address)
+
+    def listen(self, backlog=_SOMAXCONN):
+        self._require_socket().listen(backlog)
+        self.accepting = True
+
+    def accept(self):
+        """Accept one pending connection: ``(sock, address)``, or None."""
+        try:
+            return self._require_socket().accept()
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            # The client gave up between the kernel's queue and accept().
+            if exc.errno in (errno.ECONNABORTED, errno.EPROTO):
+                return None
+            raise
+
+    def connect(self, address):
+        """Begin connecting to ``address``; :meth:`handle_connect` follows.
+
+        Completion (or failure) is always reported from the loop, even when
+        the kernel connects at once (Unix sockets). An error the kernel
+        reports at once is raised here, and the transport is closed.
+        """
+        sock = self._require_socket()
+        self.connected = False
+        self.connecting = True
+        self.addr = address
+        err = sock.connect_ex(address)
+        if err in CONNECT_IN_PROGRESS_ERRNOS or err in (0, errno.EISCONN):
+            self.poller.defer_write(self)
+            return
+        self.connecting = False
+        self.connect_error = OSError(err, os.strerror(err))
+        self.close()
+        raise self.connect_error
+
+    # -- events from the poller -------------------------------------------
+
+    def handle_read_event(self):
+        """Called by the poller when the socket is readable."""
+        if self.connecting:
+            self.handle_connect_event()
+            if not self.connected:
+                return
+        elif self.accepting:
+            self.handle_accept()
+            return
+        self.handle_read()
+
+    def handle_write_event(self):
+        """Called by the poller once per armed write notification."""
+        if self.connecting:
+            self.handle_connect_event()
+            return
+        if self._queue or self._write_state == 1 or self._write_state == 3:
+            self._flush_queue()
+            if self.closed:
+                return
+        self.handle_write()
+
+    def handle_connect_event(self):
+        """Decide a pending connect from ``SO_ERROR``, report it, once."""
+        if not self.connecting:
+            return
+        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self._connect_failed(OSError(err, os.strerror(err)))
+            return
+        try:
+            self.socket.getpeername()
+        except OSError as exc:
+            if exc.errno != errno.ENOTCONN:
+                raise
+            # Not decided yet (a spurious wake-up): wait for the next event.
+            self.poller.defer_write(self)
+            return
+        self.connecting = False
+        self.connected = True
+        # The connect's own write notification, if still armed, is spent.
+        pending = bool(self._queue) or self._write_state
+        if not pending:
+            self.poller.cancel_write(self)
+        self.handle_connect()
+        if (self._queue or self._write_state) and not self.closed:
+            self._flush_queue()  # what was written while connecting
+
+    def _connect_failed(self, exc):
+        self.connecting = False
+        self.connect_error = exc
+        try:
+            self.handle_connect_failed(exc)
+        finally:
+            self.close()
+
+    # -- callbacks for subclasses -----------------------------------------
+
+    def handle_connect(self):
+        """The connection is established."""
+
+    def handle_connect_failed(self, exc):
+        """The connection could not be made; the transport closes after this.
+
+        The default hands ``exc`` to :meth:`handle_error`.
+        """
+        try:
+            raise exc
+        except OSError:
+            self.handle_error()
+
+    def handle_read(self):
+        """The socket has data (or EOF) to read: call :meth:`recv`."""
+        self.recv(65536)  # by default: discard, and notice EOF
+
+    def handle_write(self):
+        """A write notification fired: the socket may take more data now."""
+
+    def handle_accept(self):
+        """A listening transport has connections waiting.
+
+        The default accepts them (a bounded number per event) and passes each
+        to :meth:`handle_accepted`.
+        """
+        for _ in range(_ACCEPTS_PER_EVENT):
+            pair = self.accept()
+            if pair is None:
+                return
+            self.handle_accepted(*pair)
+
+    def handle_accepted(self, sock, addr):
+        """Take ownership of an accepted connection. The default closes it."""
+        logger.warning("pike: %r dropped a connection from %r", self, addr)
+        sock.close()
+
+    def handle_eof(self):
+        """With ``half_close``: the peer will send no more; we may still write.
+
+        The default shuts our side down once queued data is sent.
+        """
+        self.write_eof()
+
+    def handle_close(self):
+        """The connection is gone (EOF, reset...). The default closes."""
+        self.close()
+
+    def handle_error(self):
+        """An unexpected exception escaped a callback (``sys.exc_info()``).
+
+        The default logs it and closes the transport.
+        """
+        logger.error("pike: unhandled error in %r", self, exc_info=True)
+        self.close()
+
+    def handle_pause_writing(self):
+        """The write buffer rose above the high water mark: stop producing."""
+
+    def handle_resume_writing(self):
+        """The write buffer fell to the low water mark: produce again."""
+
+    # -- raw I/O ----------------------------------------------------------
+
+    def recv(self, bufsize):
+        """Receive up to ``bufsize`` bytes; b'' when it would block.
+
+        The peer's EOF also returns b'', after :meth:`handle_close` (or
+        :meth:`handle_eof` with ``half_close``) ran. A lost connection
+        calls :meth:`handle_close` and returns b''.
+        """
+        try:
+            data = self.socket.recv(bufsize)
+        except (BlockingIOError, InterruptedError):
+            return b""
+        except OSError as exc:
+            if exc.errno in CONNECTION_LOST_ERRNOS:
+                self.handle_close()
+                return b""
+            raise
+        except AttributeError:
+            raise self._not_open() from None
+        if not data:
+            self._peer_eof()
+        return data
+
+    def send(self, data):
+        """Send what the kernel takes now; return the byte count.
+
+        Returns 0 when the socket would block, and then a write notification
+        is armed. Also 0 while buffered data waits, so bytes stay in order.
+        """
+        if self._queue:
+            self.poller.defer_write(self)
+            return 0
+        try:
+            return self.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            self.poller.defer_write(self)
+            return 0
+        except OSError as exc:
+            if exc.errno in CONNECTION_LOST_ERRNOS:
+                self.handle_close()
+                return 0
+            raise
+        except AttributeError:
+            raise self._not_open() from None
+
+    def sendto(self, data, address):
+        """Send one datagram; 0 when it would block (a notification is armed)."""
+        try:
+            return self._require_socket().sendto(data, address)
+        except (BlockingIOError, InterruptedError):
+            self.poller.defer_write(self)
+            return 0
+
+    def recvfrom(self, bufsize):
+        """Receive one datagram: ``(data, address)``, or ``(b'', None)``.
+
+        ``(b'', None)`` means nothing was waiting (or an ICMP error from an
+        earlier send was reported, which says nothing about this socket).
+        """
+        try:
+            return self._require_socket().recvfrom(bufsize)
+        except (BlockingIOError, InterruptedError, ConnectionRefusedError):
+            return b"", None
+
+    def _peer_eof(self):
+        if not self.half_close:
+            self.handle_close()
+            return
+        if self.eof_received:
+            return
+        self.eof_received = True
+        self.pause_reading()  # an EOF stays readable: keep it from spinning
+        self.handle_eof()
+        if self._write_state == 2 and not self.closed:
+            self.handle_close()  # both directions are done
+
+    # -- buffered writes --------------------------------------------------
+
+    def write(self, data):
+        """Send ``data`` in order after anything already queued; never blocks.
+
+        What the kernel does not take at once is queued and flushed from
+        write notifications. Raises BrokenPipeError on a closed transport
+        and RuntimeError after :meth:`write_eof`.
+        """
+        if not data:
+            return
+        self._check_writable()
+        queue = self._queue
+        if queue or self.connecting:
+            if queue is None:
+                queue = self._queue = WriteQueue()
+            queue.append(data)
+            self._queued_more()
+            return
+        try:
+            sent = self.socket.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            if exc.errno in CONNECTION_LOST_ERRNOS:
+                self.handle_close()
+                return
+            raise
+        if sent == len(data):
+            return
+        if queue is None:
+            queue = self._queue = WriteQueue()
+        queue.append(data, sent)
+        self._queued_more()
+
+    def writelines(self, buffers):
+        """Write each buffer of ``buffers`` in order, in as few sends as may be."""
+        self._check_writable()
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = WriteQueue()
+        was_empty = not queue
+        for data in buffers:
+            queue.append(data)
+        if not queue:
+            return
+        if was_empty and not self.connecting:
+            self._flush_queue()
+        else:
+            self._queued_more()
+
+    def write_eof(self):
+        """Shut down our sending side once queued data has been sent."""
+        if self.closed or self._write_state:
+            return
+        if self._queue or self.connecting:
+            self._write_state = 1
+            self.poller.defer_write(self)
+            return
+        self._shutdown_write()
+
+    def close_when_done(self):
+        """Close once queued data has been sent (at once if none is)."""
+        if self.closed:
+            return
+        if self._queue or self.connecting:
+            self._write_state = 3
+            self.poller.defer_write(self)
+        else:
+            self.close()
+
+    def can_write_eof(self):
+        return True
+
+    def get_write_buffer_size(self):
+        """Bytes queued and not yet taken by the kernel."""
+        queue = self._queue
+        return queue.size if queue is not None else 0
+
+    def get_write_buffer_limits(self):
+        return self._low_water, self._high_water
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        """Set the water marks; ``handle_pause_writing`` fires above ``high``.
+
+        Defaults as in asyncio: ``high`` 64 KiB, ``low`` a quarter of ``high``.
+        """
+        if high is None:
+            high = DEFAULT_HIGH_WATER if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"need high ({high!r}) >= low ({low!r}) >= 0")
+        self._high_water, self._low_water = high, low
+        self._check_water_marks()
+
+    def is_writing_paused(self):
+        return self._writing_paused
+
+    def _check_writable(self):
+        if self._write_state:
+            raise RuntimeError("write after write_eof() or close_when_done()")
+        if self.closed or self.socket is None:
+            raise BrokenPipeError(errno.EPIPE, "the transport is not open")
+
+    def _queued_more(self):
+        if not self.connecting:
+            self.poller.defer_write(self)
+        if not self._writing_paused and self._queue.size > self._high_water:
+            self._writing_paused = True
+            self.handle_pause_writing()
+
+    def _check_water_marks(self):
+        size = self.get_write_buffer_size()
+        if self._writing_paused:
+            if size <= self._low_water:
+                self._writing_paused = False
+                self.handle_resume_writing()
+        elif size > self._high_water:
+            self._writing_paused = True
+            self.handle_pause_writing()
+
+    def _flush_queue(self):
+        queue = self._queue
+        if queue is None:
+            queue = self._queue = WriteQueue()
+        try:
+            queue.send_to(self.socket)
+        except OSError as exc:
+            if exc.errno in CONNECTION_LOST_ERRNOS:
+                self.handle_close()
+                return
+            raise
+        if queue:
+            self.poller.defer_write(self)
+        elif self._write_state == 1:
+            self._shutdown_write()
+        elif self._write_state == 3:
+            self.close()
+            return
+        if self._writing_paused and queue.size <= self._low_water:
+            self._writing_paused = False
+            self.handle_resume_writing()
+
+    def _shutdown_write(self):
+        self._write_state = 2
+        try:
+            self.socket.shutdown(socket.SHUT_WR)
+        except OSError as exc:
+            if exc.errno not in CONNECTION_LOST_ERRNOS:
+                raise
+            self.handle_close()
+            return
+        if self.eof_received and not self.closed:
+            self.handle_close()  # both directions are done
+
+    # -- reading control --------------------------------------------------
+
+    def pause_reading(self):
+        """Stop read events until :meth:`resume_reading` (flow control)."""
+        if self._reading:
+            self._reading = False
+            self.poller.update_interest(self)
+
+    def resume_reading(self):
+        if not self._reading and not self.eof_received:
+            self._reading = True
+            self.poller.update_interest(self)
+
+    def is_reading(self):
+        return self._reading and not self.closed
+
+    # -- closing ----------------------------------------------------------
+
+    def close(self):
+        """Unregister from the poller, then close the socket. Idempotent.
+
+        Data still queued is discarded: use :meth:`close_when_done` to send
+        it first.
+        """
+        if self.closed:
+            return
+        self.closed = True
+        self.connected = self.connecting = self.accepting = False
+        self._reading = False
+        self._write_armed = False
+        self.poller.del_channel(self)
+        if self._queue is not None:
+            self._queue.clear()
+        sock = self.socket
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError as exc:
+                if exc.errno not in (errno.EBADF, errno.ENOTCONN):
+                    raise
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    # -- helpers ----------------------------------------------------------
+
+    def _require_socket(self):
+        if self.socket is None or self.closed:
+            raise self._not_open()
+        return self.socket
+
+    def _not_open(self):
+        if self.closed:
+            return OSError(errno.EBADF, f"{self!r} is closed")
+        return OSError(errno.ENOTCONN, f"{self!r} has no socket: call create_socket()")
+
+    def __repr__(self):
+        if self.closed:
+            state = "closed"
+        elif self.accepting:
+            state = "listening"
+        elif self.connecting:
+            state = "connecting"
+        elif self.connected:
+            state = "connected"
+        else:
+            state = "idle"
+        addr = f" {self.addr!r}" if self.addr is not None else ""
+        return f"<{type(self).__name__} fd={self._fileno} {state}{addr}>"

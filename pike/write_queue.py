@@ -1,0 +1,99 @@
+"""The buffered write path of a Transport: queued buffers, sent in order.
+
+Immutable ``bytes`` are queued as they are (no copy); anything mutable
+(bytearray, memoryview, array...) is copied once, because the caller may
+change it before it is sent. A partially sent head buffer is tracked by an
+offset instead of being sliced. Several queued buffers leave in one
+``sendmsg()`` gather write.
+"""
+
+import collections
+import os
+import socket
+
+
+def _iov_max():
+    """The kernel refuses more iovecs than this in one call (1024 on Linux)."""
+    try:
+        value = os.sysconf("SC_IOV_MAX")
+    except (AttributeError, ValueError, OSError):
+        value = -1
+    return value if value > 0 else 1024
+
+
+_IOV_MAX = _iov_max()
+_HAS_SENDMSG = hasattr(socket.socket, "sendmsg")
+
+
+class WriteQueue:
+    """Buffers waiting for the kernel, oldest first."""
+
+    __slots__ = ("_buffers", "_offset", "size")
+
+    def __init__(self):
+        self._buffers = collections.deque()
+        self._offset = 0  # bytes of _buffers[0] already sent
+        self.size = 0  # bytes still queued
+
+    def __len__(self):
+        return self.size
+
+    def __bool__(self):
+        return self.size > 0
+
+    def append(self, data, start=0):
+        """Queue ``data[start:]``. Empty data is ignored."""
+        if type(data) is not bytes:
+            data = bytes(memoryview(data)[start:])
+            start = 0
+        length = len(data) - start
+        if length <= 0:
+            return
+        if not self._buffers:
+            self._offset = start
+        elif start:
+            data = data[start:]
+        self._buffers.append(data)
+        self.size += length
+
+    def clear(self):
+        self._buffers.clear()
+        self._offset = 0
+        self.size = 0
+
+    def send_to(self, sock):
+        """Send as much as the socket takes now; return the bytes sent.
+
+        Returns 0 when the socket would block; other OSErrors propagate.
+        """
+        buffers = self._buffers
+        if not buffers:
+            return 0
+        try:
+            if len(buffers) == 1 or not _HAS_SENDMSG:
+                head = buffers[0]
+                if self._offset:
+                    head = memoryview(head)[self._offset :]
+                sent = sock.send(head)
+            else:
+                sent = sock.sendmsg(self._iovecs())
+        except (BlockingIOError, InterruptedError):
+            return 0
+        self._consume(sent)
+        return sent
+
+    def _iovecs(self):
+        buffers = self._buffers
+        count = min(len(buffers), _IOV_MAX)
+        iovecs = [buffers[i] for i in range(count)]
+        if self._offset:
+            iovecs[0] = memoryview(iovecs[0])[self._offset :]
+        return iovecs
+
+    def _consume(self, sent):
+        self.size -= sent
+        buffers = self._buffers
+        offset = self._offset + sent
+        while buffers and offset >= len(buffers[0]):
+            offset -= len(buffers.popleft())
+        self._offset = offset if buffers else 0
