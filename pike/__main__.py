@@ -20,25 +20,23 @@ def _info(args):
     return 0
 
 
-def _bench(args):
-    from pike.bench.cli import main as bench_main
-
-    return bench_main(args.bench_args)
-
-
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "bench":
+        # The bench has its own parser; argparse here would eat its options.
+        from pike.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m pike", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     info = commands.add_parser("info", help="version, implementation, pollers")
     info.set_defaults(run=_info)
-    bench = commands.add_parser(
+    commands.add_parser(  # listed for --help; main() hands it over above
         "bench",
         help="side-by-side echo benchmark (python -m pike bench --help)",
         add_help=False,
     )
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER)
-    bench.set_defaults(run=_bench)
     args = parser.parse_args(argv)
     return args.run(args)
 

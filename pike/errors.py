@@ -21,6 +21,15 @@ CONNECT_IN_PROGRESS_ERRNOS = frozenset(
 )
 
 
+# Raised bare (errno None) by protocol code and socket wrappers, too.
+_LOST_TYPES = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
 def is_connection_lost(exc):
-    """True when ``exc`` is an OSError of the connection-lost family."""
+    """True when ``exc`` says the connection is gone (see the errnos above).
+
+    A failed connect (ConnectionRefusedError) is not a lost connection.
+    """
+    if isinstance(exc, _LOST_TYPES):
+        return True
     return isinstance(exc, OSError) and exc.errno in CONNECTION_LOST_ERRNOS

@@ -98,7 +98,8 @@ class Poller:
             raise ValueError(f"fd {fd} is already watched by {current!r}")
         self._check_fd(fd)
         self._channels[fd] = channel
-        self._stale.discard(fd)
+        # A stale mark stays: every event of the running batch for this fd
+        # was collected before the new socket existed.
         self._dirty[fd] = channel
 
     def del_channel(self, channel):

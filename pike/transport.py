@@ -105,9 +105,17 @@ class Transport:
         sock.setblocking(False)
         self.socket = sock
         self._fileno = sock.fileno()
-        if sock.type == socket.SOCK_STREAM:
-            self._note_existing_state(sock)
-        self.poller.add_channel(self)
+        try:
+            if sock.type == socket.SOCK_STREAM:
+                self._note_existing_state(sock)
+            self.poller.add_channel(self)
+        except BaseException:
+            # Leave the transport as it was; the caller still owns ``sock``.
+            self.socket = None
+            self._fileno = -1
+            self.connected = self.accepting = False
+            self.addr = None
+            raise
 
     def _note_existing_state(self, sock):
         try:
@@ -310,14 +318,16 @@ class Transport:
         except (BlockingIOError, InterruptedError):
             return b""
         except OSError as exc:
+            if self.closed:
+                raise self._not_open() from None
             if exc.errno in CONNECTION_LOST_ERRNOS:
                 self.handle_close()
                 return b""
             raise
         except AttributeError:
             raise self._not_open() from None
-        if not data:
-            self._peer_eof()
+        if not data and self.socket.type != socket.SOCK_DGRAM:
+            self._peer_eof()  # (an empty datagram is data, not an EOF)
         return data
 
     def send(self, data):
@@ -335,6 +345,8 @@ class Transport:
             self.poller.defer_write(self)
             return 0
         except OSError as exc:
+            if self.closed:
+                raise self._not_open() from None
             if exc.errno in CONNECTION_LOST_ERRNOS:
                 self.handle_close()
                 return 0
