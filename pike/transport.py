@@ -38,6 +38,7 @@ _ACCEPTS_PER_EVENT = 32
 _AF_INET = socket.AF_INET
 _SOCK_STREAM = socket.SOCK_STREAM
 _SOMAXCONN = socket.SOMAXCONN
+_TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 
 class Transport:
@@ -54,6 +55,10 @@ class Transport:
 
     #: Keep writing after the peer's EOF (see :meth:`handle_eof`).
     half_close = False
+    #: Turn Nagle's algorithm off on TCP sockets, as asyncio does: a
+    #: callback-driven protocol writes whole messages, and Nagle would hold
+    #: back the second of two small writes for a round trip.
+    tcp_nodelay = True
 
     socket = None
     addr = None
@@ -107,6 +112,8 @@ class Transport:
         self._fileno = sock.fileno()
         try:
             if sock.type == socket.SOCK_STREAM:
+                if self.tcp_nodelay and sock.family in _TCP_FAMILIES:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._note_existing_state(sock)
             self.poller.add_channel(self)
         except BaseException:
