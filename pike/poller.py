@@ -628,9 +628,16 @@ def _make_default():
     with _default_lock:
         poller = _default_poller
         if poller is None or poller._closed or poller._forked_away:
+            kind = None
+            if poller is not None and poller._forked_away:
+                kind = poller.name  # a forked child keeps its parent's kind
             if poller is not None and not poller._closed:
                 poller.close()
-            poller = _default_poller = make_poller()
+            try:
+                poller = make_poller(kind)
+            except ValueError:  # a kind this platform cannot build anew
+                poller = make_poller()
+            _default_poller = poller
         return poller
 
 

@@ -1,0 +1,63 @@
+"""Fixtures that run tests over every available poller x implementation.
+
+``poller`` is a fresh poller of each kind the platform has, also installed
+as the default for the test, on each implementation ("c" is skipped when
+the accelerator is not built). When the test ends every channel left on it
+is closed, the poller is closed, and no fd may have leaked.
+"""
+
+import gc
+import os
+
+import pytest
+
+import pike
+from pike import _impl
+
+POLLER_NAMES = pike.available_pollers()
+IMPLEMENTATIONS = ["python", "c"]
+
+
+def open_fds():
+    """The set of fds open in this process (Linux and macOS)."""
+    for path in ("/proc/self/fd", "/dev/fd"):
+        if os.path.isdir(path):
+            return set(int(name) for name in os.listdir(path))
+    return set()
+
+
+@pytest.fixture(params=IMPLEMENTATIONS)
+def implementation(request):
+    name = request.param
+    if name not in _impl.available_implementations():
+        pytest.skip("the C accelerator is not built")
+    previous = _impl.IMPLEMENTATION
+    _impl.select_implementation(name)
+    yield name
+    _impl.select_implementation(previous)
+
+
+@pytest.fixture(params=POLLER_NAMES)
+def poller_name(request):
+    return request.param
+
+
+@pytest.fixture
+def poller(poller_name, implementation):
+    fds_before = open_fds()
+    p = pike.make_poller(poller_name)
+    previous = pike.set_poller(p)
+    try:
+        yield p
+    finally:
+        pike.set_poller(previous)
+        for channel in p.channels():
+            channel.close()
+        p.close()
+    leaked = open_fds() - fds_before
+    if leaked:  # perhaps garbage not collected yet: collect, then look again
+        gc.collect()
+        leaked = open_fds() - fds_before
+    # An fd that vanished in between is fine; a new one still open is a leak.
+    leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
+    assert not leaked, f"fds leaked by the test: {sorted(leaked)}"
