@@ -10,6 +10,7 @@ first time :func:`get_poller` (or :func:`loop`) asks for it.
 
 __version__ = "0.1.0"
 
+from . import _impl  # noqa: E402
 from ._impl import IMPLEMENTATION  # noqa: E402
 from .poller import (  # noqa: E402
     available_pollers,
@@ -19,6 +20,8 @@ from .poller import (  # noqa: E402
     set_poller,
 )
 from .transport import Transport  # noqa: E402
+
+_impl.apply_at_import()
 
 __all__ = [
     "__version__",

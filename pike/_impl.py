@@ -60,7 +60,27 @@ def select_implementation(name):
         raise ValueError(f"implementation must be 'c' or 'python', not {name!r}")
     if name == "c":
         ACCEL = ACCEL or _load_accelerator("c")
+    _apply(name)
     IMPLEMENTATION = name
     import pike
 
     pike.IMPLEMENTATION = name
+
+
+def _apply(name):
+    """Install the chosen implementation's methods on Transport."""
+    from .transport import Transport
+
+    if name == "c":
+        from . import _c_path
+
+        _c_path.install(Transport)
+    elif ACCEL is not None:
+        from . import _c_path
+
+        _c_path.uninstall(Transport)
+
+
+def apply_at_import():
+    """Called once by ``pike/__init__``, after Transport exists."""
+    _apply(IMPLEMENTATION)

@@ -911,6 +911,7 @@ def check_fd_reuse_in_batch(poller):
         a, pa = _closing(stack, *transport_and_peer(poller))
         b, pb = _closing(stack, *transport_and_peer(poller))
         reused = []
+        reused_fds = []  # a closed transport's fileno() is -1: keep the number
 
         def close_and_reuse(other):
             if other.closed or reused:
@@ -936,6 +937,7 @@ def check_fd_reuse_in_batch(poller):
                 raise
             stack.callback(new.close)
             reused.append(new)
+            reused_fds.append(fd)
 
         a.hooks["read"] = lambda: close_and_reuse(b)
         b.hooks["read"] = lambda: close_and_reuse(a)
@@ -945,7 +947,7 @@ def check_fd_reuse_in_batch(poller):
         first, second = _first_and_second(a, b)
         assert reused, "no fd was reused"
         new = reused[0]
-        assert new.fileno() == second.fileno()
+        assert new.fileno() == reused_fds[0] and second.fileno() == -1
         assert new.events == [], (
             f"a new transport on reused fd {new.fileno()} got the stale events "
             f"of the closed one: {new.events}"
@@ -1039,7 +1041,8 @@ def check_send_would_block(poller):
                 break
         else:
             raise AssertionError("send() never returned 0 to a peer that never reads")
-        assert t.send(chunk) == 0, "send() to a stalled peer did not return 0"
+        # (No second send here: the receiver's buffer autotuning may still
+        # open a little room, and that is not what is being tested.)
         assert t.events == [], t.events
         assert_blocks(poller, what="a transport waiting for a stalled peer")
         assert "write" not in t.events, t.events

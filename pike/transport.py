@@ -403,7 +403,8 @@ class Transport:
         """
         if not data:
             return
-        self._check_writable()
+        if self._write_state or self.closed or self.socket is None:
+            self._check_writable()  # raises
         queue = self._queue
         if queue or self.connecting:
             if queue is None:
@@ -582,6 +583,8 @@ class Transport:
         if self._queue is not None:
             self._queue.clear()
         sock = self.socket
+        # The number may be reused by the next socket anyone opens: forget it.
+        self._fileno = -1
         if sock is not None:
             try:
                 sock.close()
