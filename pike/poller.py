@@ -69,7 +69,6 @@ class Poller:
     name = "base"
     _READ_EVENTS = READ
     _WRITE_EVENTS = WRITE
-    _recv_buffer = None  # the C path's receive buffer, made on first use
 
     def __init__(self):
         self._channels = {}  # fd -> channel
