@@ -42,9 +42,10 @@ class WriteQueue:
         return self.size > 0
 
     def append(self, data, start=0):
-        """Queue ``data[start:]``. Empty data is ignored."""
+        """Queue ``data[start:]`` (``start`` counts bytes). Empty data is ignored."""
         if type(data) is not bytes:
-            data = bytes(memoryview(data)[start:])
+            # A byte view: an array of ints has len() in items, not bytes.
+            data = memoryview(data).cast("B")[start:].tobytes()
             start = 0
         length = len(data) - start
         if length <= 0:

@@ -466,3 +466,18 @@ def test_context_manager_closes(poller):
         t.create_socket()
         assert t in poller.channels()
     assert t.closed and t not in poller.channels()
+
+
+def test_write_counts_bytes_of_multibyte_buffers(pair, poller):
+    """An array of ints has len() in items: write() must count bytes."""
+    import array
+
+    t, peer = pair
+    numbers = array.array("i", range(5000))
+    t.write(numbers)
+    t.writelines([memoryview(numbers)[10:20], b"end"])
+    expected = numbers.tobytes() + numbers[10:20].tobytes() + b"end"
+    reader = PeerReader(peer)
+    run_until(poller, lambda: reader.pump() and len(reader.data) >= len(expected))
+    assert bytes(reader.data) == expected
+    assert t.get_write_buffer_size() == 0
