@@ -1,9 +1,10 @@
 """Tests of ``python -m pike bench`` (pike.bench): structure and correctness.
 
-These run real servers and the real load generator for fractions of a
-second. They check that bytes are verified, figures are present and
-consistent, reports and JSON round-trip, and processes are cleaned up;
-they never assert anything about speed.
+These run real servers and the real load generators (C and Python) for
+fractions of a second, in every mode (ping-pong, stream, scale) on tiny
+settings. They check that bytes are verified, figures are present and
+consistent, reports, JSON and charts come out, and processes are cleaned
+up; they never assert anything about speed.
 """
 
 import json
@@ -16,10 +17,23 @@ import threading
 import pytest
 
 import pike
-from pike.bench import cpu, loadgen, report, runner, servers
+from pike.bench import cpu, loadgen, native, plot, report, runner, servers
 
 PIKE_KIND = f"pike-{pike.available_pollers()[0]}"
+PIKE_PY = f"{PIKE_KIND}:python"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAVE_CC = sys.platform.startswith("linux") and native.compiler() is not None
+needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler (or not Linux)")
+
+
+@pytest.fixture(scope="module")
+def c_loadgen():
+    """The C load generator, or a skip."""
+    if not HAVE_CC:
+        pytest.skip("no C compiler (or not Linux)")
+    gen, note = runner.Loadgen.choose("c")
+    assert note is None
+    return gen
 
 
 @pytest.fixture
@@ -51,8 +65,12 @@ def _echo_once(port, payload):
 # -- servers ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", servers.available_kinds())
+@pytest.mark.parametrize("kind", servers.ALL_KINDS)
 def test_every_server_kind_echoes(procs, kind):
+    if kind not in servers.available_kinds(native=False) + ["c-ref"]:
+        pytest.skip(f"{kind} is not available here")
+    if kind == "c-ref" and servers.c_ref_unavailable():
+        pytest.skip(f"c-ref: {servers.c_ref_unavailable()}")
     server = runner.ServerProcess(procs, runner.ServerSpec(kind), max_seconds=60)
     try:
         assert server.info["kind"] == kind
@@ -94,6 +112,52 @@ def test_server_spec_parsing():
         runner.ServerSpec.parse("asyncio:c")
     with pytest.raises(ValueError):
         runner.ServerSpec.parse("pike-poll:fortran")
+    with pytest.raises(ValueError):
+        runner.ServerSpec.parse("c-ref:c")
+    assert runner.ServerSpec.parse("c-ref").label == "c-ref"
+
+
+@needs_cc
+def test_c_ref_is_a_server_when_a_compiler_exists():
+    assert servers.c_ref_unavailable() is None
+    kinds = servers.available_kinds()
+    assert kinds[-1] == "c-ref"
+    assert "c-ref" not in servers.available_kinds(native=False)
+
+
+def test_c_ref_that_cannot_be_built_is_skipped_clearly(monkeypatch, procs):
+    from pike.bench import cli
+
+    def no_build(name, cache_dir=None):
+        native._last_errors[name] = "no C compiler found (set $CC, or install cc/gcc/clang)"
+        return None
+
+    monkeypatch.setattr(native, "build", no_build)
+    assert "c-ref" not in servers.available_kinds()
+    assert "no C compiler" in servers.c_ref_unavailable()
+    with pytest.raises(runner.BenchError, match="c-ref is unavailable: no C compiler"):
+        runner.ServerProcess(procs, runner.ServerSpec("c-ref"), max_seconds=60)
+    parser = cli.build_parser()
+    specs, skipped = cli._servers(parser.parse_args([]), parser, ["python"])
+    assert "c-ref" not in [spec.label for spec in specs]
+    assert "no C compiler" in skipped["c-ref"]
+    with pytest.raises(SystemExit):
+        cli._servers(parser.parse_args(["--servers", "c-ref"]), parser, ["python"])
+    # ... and the load generator falls back to the Python one, with a note.
+    gen, note = runner.Loadgen.choose()
+    assert gen.kind == "python" and "no C compiler" in note
+    with pytest.raises(runner.BenchError, match="cannot be built"):
+        runner.Loadgen.choose("c")
+    assert runner.Loadgen.choose("python")[0].kind == "python"
+
+
+def test_pike_implementations_probe():
+    impls = runner.pike_implementations()
+    assert impls[0] == "python" and set(impls) <= {"python", "c"}
+    env = runner.child_env({"PIKE_IMPL": "c"})
+    code = "import pike; assert pike.IMPLEMENTATION == 'c'"
+    probe = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
+    assert ("c" in impls) == (probe.returncode == 0)
 
 
 # -- load generator ------------------------------------------------------------------
@@ -139,6 +203,168 @@ def test_loadgen_as_a_process(procs, pike_server):
         procs, pike_server.port, 2, 512, 0.05, 0.3, server_pid=pike_server.pid
     )
     assert result["requests"] > 0 and result["connections"] == 2
+
+
+def _check_pingpong_run(run, connections, size):
+    assert run["mode"] == "pingpong"
+    assert run["connections"] == connections and run["size"] == size
+    assert run["requests"] > 0 and run["window_s"] > 0
+    assert run["rps"] == pytest.approx(run["requests"] / run["window_s"], rel=0.01)
+    assert run["bytes"] == run["requests"] * size
+    lat = run["latency_us"]
+    assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+    assert run["loadgen_cpu_s"] >= 0 and run["loadgen_cpu_pct"] is not None
+    if cpu.proc_cpu_seconds(os.getpid()) is not None:
+        assert run["server_cpu_source"] == "proc"
+        assert run["server_cpu_s"] >= 0
+        assert run["server_cpu_us_per_req"] == pytest.approx(
+            1e6 * run["server_cpu_s"] / run["requests"]
+        )
+    json.dumps(run)
+
+
+@pytest.mark.parametrize("kind", [PIKE_KIND, "c-ref"])
+def test_run_once_with_the_c_loadgen(procs, c_loadgen, kind):
+    spec = runner.ServerSpec(kind, "python" if kind == PIKE_KIND else None)
+    run = runner.run_once(procs, spec, 3, 700, 0.05, 0.3, loadgen=c_loadgen)
+    _check_pingpong_run(run, 3, 700)
+    assert run["loadgen"] == "c" and run["server"] == spec.label
+    assert run["server_info"]["implementation"] in ("python", "c")
+    assert run["requests_total"] is None  # the C tool counts the window only
+
+
+def test_run_once_with_the_python_loadgen(procs):
+    run = runner.run_once(procs, runner.ServerSpec(PIKE_KIND, "python"), 2, 512, 0.05, 0.3)
+    _check_pingpong_run(run, 2, 512)
+    assert run["loadgen"] == "python"
+    assert run["bytes_verified"] == run["requests_total"] * 512
+
+
+# -- stream mode ----------------------------------------------------------------------
+
+
+def _check_stream_run(run, connections, size):
+    assert run["mode"] == "stream"
+    assert run["connections"] == connections and run["size"] == size
+    assert run["bytes"] > 0 and run["mib_per_s"] > 0
+    assert run["mib_per_s"] == pytest.approx(run["bytes"] / run["window_s"] / 1048576, rel=0.01)
+    assert run["latency_us"] is None
+    if cpu.proc_cpu_seconds(os.getpid()) is not None:
+        assert run["server_cpu_us_per_mib"] == pytest.approx(
+            run["server_cpu_s"] * 1e6 / (run["bytes"] / 1048576)
+        )
+    json.dumps(run)
+
+
+@pytest.mark.parametrize("which", ["c", "python"])
+def test_stream_mode(procs, which):
+    if which == "c":
+        if not HAVE_CC:
+            pytest.skip("no C compiler")
+        gen = runner.Loadgen.choose("c")[0]
+    else:
+        gen = runner.Loadgen("python")
+    run = runner.run_once(
+        procs, runner.ServerSpec(PIKE_KIND, "python"), 2, 4096, 0.05, 0.3,
+        loadgen=gen, mode="stream", window=65536,
+    )
+    _check_stream_run(run, 2, 4096)
+    assert run["loadgen"] == which
+
+
+def test_python_stream_checks_every_byte(pike_server):
+    result = loadgen.run_stream(
+        pike_server.port, connections=2, size=3000, window=20000, warmup=0.05, duration=0.3
+    )
+    assert result["bytes"] > 0 and result["bytes_verified"] >= result["bytes"]
+    # A stream that does not fit the pattern's period in one piece still checks.
+    result = loadgen.run_stream(
+        pike_server.port, connections=1, size=65536, window=1 << 21, warmup=0.0, duration=0.3
+    )
+    assert result["bytes_verified"] > 0
+
+
+@pytest.mark.parametrize(
+    "mode, error",
+    [("corrupt", loadgen.EchoMismatch), ("extra", loadgen.EchoMismatch),
+     ("close", loadgen.LoadgenError), ("silent", loadgen.LoadgenError)],
+)
+def test_python_stream_catches_a_bad_echo(mode, error):
+    bad = _BadServer(mode)
+    try:
+        with pytest.raises(error):
+            loadgen.run_stream(
+                bad.port, connections=1, size=100, window=300, warmup=0.0, duration=3.0,
+                stall_timeout=0.5,
+            )
+    finally:
+        bad.close()
+
+
+# -- scale mode -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", [PIKE_KIND, "c-ref"])
+def test_scale_mode(procs, kind):
+    if kind == "c-ref" and not HAVE_CC:
+        pytest.skip("no C compiler")
+    gen = runner.Loadgen.choose()[0]
+    spec = runner.ServerSpec(kind, "python" if kind == PIKE_KIND else None)
+    run = runner.run_scale_once(procs, spec, 50, 2, 256, 0.05, 0.3, loadgen=gen)
+    assert "error" not in run and "skipped" not in run
+    assert run["mode"] == "scale" and run["idle"] == 50 and run["connections"] == 2
+    for which in ("without", "with"):
+        assert run[f"rps_{which}"] > 0
+        assert run[f"{which}_idle"]["requests"] > 0
+    assert run["rps_ratio"] == pytest.approx(run["rps_with"] / run["rps_without"])
+    if os.path.isdir(f"/proc/{os.getpid()}/fd"):
+        assert run["fds_after"] - run["fds_before"] >= 50  # the server held them all
+        assert run["rss_before_bytes"] > 0 and run["rss_after_bytes"] > 0
+        assert run["idle_kib_per_conn"] == pytest.approx(
+            (run["rss_after_bytes"] - run["rss_before_bytes"]) / 50 / 1024
+        )
+        assert run["server_cpu_us_per_req_with"] is not None
+    json.dumps(run)
+    assert not procs._procs  # everything stopped
+
+
+def test_scale_skips_select_servers_that_cannot_hold_the_fds(procs):
+    spec = runner.ServerSpec("pike-select", "python")
+    run = runner.run_scale_once(procs, spec, 5000, 10, 1024, 0.05, 0.3)
+    assert "select()" in run["skipped"] and not procs._procs
+    assert runner.scale_skip_reason(spec, 50, 10) is None
+
+
+def test_servers_raise_their_fd_limit():
+    code = (
+        "import resource, sys; from pike.bench import servers; "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
+        "soft = servers.raise_nofile_limit(); hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]; "
+        "sys.exit(0 if soft == resource.getrlimit(resource.RLIMIT_NOFILE)[0] and "
+        "(soft == hard or hard == resource.RLIM_INFINITY) else 1)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=runner.child_env(), timeout=30)
+    assert proc.returncode == 0
+
+
+def test_idle_connections_are_closed_without_time_wait():
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    port = listener.getsockname()[1]
+    try:
+        with runner.IdleConnections() as pool:
+            pool.open(port, 20, timeout=10)
+            assert len(pool.socks) == 20
+            accepted = [listener.accept()[0] for _ in range(20)]
+        assert pool.socks == []
+        for sock in accepted:
+            sock.settimeout(2)
+            with pytest.raises(ConnectionResetError):
+                sock.recv(10)  # a reset, not a FIN: no TIME_WAIT on our side
+            sock.close()
+    finally:
+        listener.close()
 
 
 def test_run_once_falls_back_to_rusage_lifetime(procs, monkeypatch):
@@ -296,6 +522,7 @@ def _fake_run(server, rps, cpu_us, round_no=1, impl=None):
     requests = int(rps)
     return {
         "server": server,
+        "mode": "pingpong",
         "round": round_no,
         "connections": 1,
         "size": 1024,
@@ -315,19 +542,57 @@ def _fake_run(server, rps, cpu_us, round_no=1, impl=None):
     }
 
 
+def _fake_stream_run(server, mib, cpu_per_mib, round_no=1):
+    return {
+        "server": server, "mode": "stream", "round": round_no, "connections": 1,
+        "size": 65536, "window_s": 1.0, "bytes": int(mib * 1048576), "mib_per_s": mib,
+        "server_cpu_us_per_mib": cpu_per_mib, "server_cpu_pct": 50.0,
+        "server_cpu_source": "proc", "loadgen_cpu_pct": 40.0, "server_info": {},
+    }
+
+
+def _fake_scale_run(server, without, with_idle, kib, round_no=1):
+    return {
+        "server": server, "mode": "scale", "round": round_no, "idle": 1000,
+        "connections": 10, "size": 1024, "rps_without": without, "rps_with": with_idle,
+        "rps_ratio": with_idle / without, "server_cpu_us_per_req_without": 10.0,
+        "server_cpu_us_per_req_with": 12.0, "p99_us_with": 300.0,
+        "idle_kib_per_conn": kib, "rss_before_bytes": 10 << 20,
+        "rss_after_bytes": (10 << 20) + int(kib * 1024 * 1000), "idle_open_s": 0.2,
+        "loadgen_cpu_pct_with": 50.0, "server_info": {},
+    }
+
+
 def _fake_results():
-    case = {"connections": 1, "size": 1024, "runs": []}
+    servers_ = ["pike-epoll:python", "asyncio", "uvloop", "c-ref"]
+    case = {"mode": "pingpong", "connections": 1, "size": 1024, "runs": []}
+    stream = {"mode": "stream", "connections": 1, "size": 65536, "window": 1 << 20, "runs": []}
+    scale = {"mode": "scale", "idle": 1000, "connections": 10, "size": 1024, "runs": []}
     for round_no, factor in ((1, 1.0), (2, 1.2), (3, 0.9)):
-        case["runs"].append(_fake_run("pike-epoll", 20000 * factor, 20 / factor, round_no, "python"))
+        case["runs"].append(
+            _fake_run("pike-epoll:python", 20000 * factor, 20 / factor, round_no, "python")
+        )
         case["runs"].append(_fake_run("asyncio", 10000 * factor, 40 / factor, round_no))
         case["runs"].append({"server": "uvloop", "round": round_no, "error": "boom\nmore"})
-    report.summarize_case(case, ["pike-epoll", "asyncio", "uvloop"], "asyncio")
+        case["runs"].append(_fake_run("c-ref", 40000 * factor, 10 / factor, round_no, "c"))
+        stream["runs"].append(_fake_stream_run("pike-epoll:python", 500.0, 800.0, round_no))
+        stream["runs"].append(_fake_stream_run("asyncio", 400.0, 1000.0, round_no))
+        stream["runs"].append({"server": "uvloop", "round": round_no, "mode": "stream",
+                               "skipped": "not today"})
+        stream["runs"].append(_fake_stream_run("c-ref", 1000.0, 400.0, round_no))
+        scale["runs"].append(_fake_scale_run("pike-epoll:python", 30000.0, 27000.0, 0.5, round_no))
+        scale["runs"].append(_fake_scale_run("c-ref", 60000.0, 60000.0, 0.05, round_no))
+    for c in (case, stream, scale):
+        report.summarize_case(c, servers_, "asyncio")
     return {
         "schema": report.SCHEMA,
         "machine": {"pike_version": "0.1.0", "python": "3.x", "cpu_count": 2,
                     "server_cpu": 0, "loadgen_cpu": 1},
         "settings": {"repeat": 3, "duration_s": 1.0, "baseline": "asyncio"},
-        "cases": [case],
+        "loadgen": {"kind": "c", "executable": "/x/loadgen"},
+        "skipped_servers": {},
+        "notes": [],
+        "cases": [case, stream, scale],
         "elapsed_s": 12.0,
     }
 
@@ -335,37 +600,68 @@ def _fake_results():
 def test_summary_medians_and_ratios():
     results = _fake_results()
     summary = results["cases"][0]["summary"]
-    pike_row, asyncio_row = summary["pike-epoll"], summary["asyncio"]
+    pike_row, asyncio_row = summary["pike-epoll:python"], summary["asyncio"]
     assert pike_row["rps"] == pytest.approx(20000)
     assert pike_row["server_cpu_us_per_req"] == pytest.approx(20)
     assert asyncio_row["rps_vs_baseline"] == pytest.approx(1.0)
     assert pike_row["rps_vs_baseline"] == pytest.approx(2.0)
     assert pike_row["cpu_vs_baseline"] == pytest.approx(0.5)
+    assert pike_row["cpu_vs_c_ref"] == pytest.approx(2.0)
+    assert pike_row["rps_vs_c_ref"] == pytest.approx(0.5)
+    assert pike_row["vs"]["c-ref"]["cpu"] == pytest.approx(2.0)
+    assert pike_row["vs"]["asyncio"]["rps"] == pytest.approx(2.0)
     assert pike_row["implementation"] == "python"
     assert summary["uvloop"]["failed"] == 3 and summary["uvloop"]["rps"] is None
+    assert results["cases"][0]["baseline"] == "asyncio"
+    assert results["cases"][0]["reference"] == "c-ref"
     assert report.has_failures(results)
+
+
+def test_stream_and_scale_summaries():
+    results = _fake_results()
+    stream = results["cases"][1]["summary"]
+    assert stream["pike-epoll:python"]["mib_per_s_vs_c_ref"] == pytest.approx(0.5)
+    assert stream["pike-epoll:python"]["cpu_vs_c_ref"] == pytest.approx(2.0)
+    assert stream["pike-epoll:python"]["mib_per_s_vs_baseline"] == pytest.approx(1.25)
+    assert stream["uvloop"]["skipped"] == "not today" and stream["uvloop"]["failed"] == 0
+    scale = results["cases"][2]["summary"]
+    assert scale["pike-epoll:python"]["rps_ratio"] == pytest.approx(0.9)
+    assert scale["pike-epoll:python"]["kib_per_idle_vs_c_ref"] == pytest.approx(10.0)
+    assert results["cases"][2]["baseline"] is None  # no asyncio in that case
 
 
 def test_report_table():
     text = report.format_report(_fake_results(), micro="us")
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("server ") and "impl" in line)
-    for column in ("req/s", "CPU us/req", "p50 us", "p99 us", "vs asyncio", "client CPU"):
+    for column in ("req/s", "CPU us/req", "p50 us", "p99 us", "CPU vs asyncio",
+                   "CPU vs c-ref", "req/s vs c-ref", "client CPU"):
         assert column in header
-    pike_line = next(line for line in lines if line.startswith("pike-epoll"))
+    # the headline column comes first
+    assert header.index("CPU us/req") < header.index("req/s")
+    pike_line = next(line for line in lines if line.startswith("pike-epoll:python"))
     assert "20,000" in pike_line and "2.00x" in pike_line and "0.50x" in pike_line
     assert "95%!" in pike_line  # a busy load generator is flagged
     assert any(line.startswith("uvloop") and "FAILED" in line for line in lines)
     assert "uvloop: boom" in text
     assert "limit req/s" in text
+    assert "load generator: C" in text
+    # stream and scale tables
+    assert "stream echo: 1 connection, 64 KiB writes, 1 MiB in flight" in text
+    assert any(line.startswith("uvloop") and "skipped: not today" in line for line in lines)
+    assert "MiB/s vs c-ref" in text and "CPU us/MiB" in text
+    assert "beside 1,000 idle connections" in text
+    scale_line = [line for line in lines if line.startswith("pike-epoll:python")][-1]
+    assert "0.90x" in scale_line and "0.50" in scale_line and "27,000" in scale_line
 
 
 def test_report_without_baseline():
     case = {"connections": 10, "size": 64, "runs": [_fake_run("pike-poll", 100, 5)]}
     report.summarize_case(case, baseline="asyncio")
-    text = report.format_case(case, micro="us")
-    assert "ratios are not shown" in text
-    assert "10 connections, 64-byte messages" in text
+    text = report.format_case(case, micro="us", skipped_servers={"c-ref": "no C compiler"})
+    assert "no asyncio figures" in text
+    assert "c-ref skipped: no C compiler" in text
+    assert "10 connections, 64 B messages" in text
 
 
 def test_json_round_trip(tmp_path):
@@ -380,42 +676,148 @@ def test_json_round_trip(tmp_path):
         report.read_json(str(tmp_path / "other.json"))
 
 
+def test_json_of_the_first_layout_still_reads(tmp_path):
+    old = {
+        "schema": "pike-bench/1",
+        "settings": {"repeat": 1, "baseline": "asyncio"},
+        "cases": [{"connections": 1, "size": 1024,
+                   "runs": [_fake_run("pike-epoll", 100, 5), _fake_run("asyncio", 50, 10)],
+                   "summary": {"pike-epoll": {"runs": 1}}}],
+    }
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(old))
+    loaded = report.read_json(str(path))
+    assert loaded["cases"][0]["summary"]["pike-epoll"]["cpu_vs_baseline"] == pytest.approx(0.5)
+    assert "ping-pong echo" in report.format_report(loaded, micro="us")
+
+
+# -- chart ------------------------------------------------------------------------------
+
+
+def test_plot_without_matplotlib(tmp_path, monkeypatch):
+    monkeypatch.setattr(plot, "unavailable", lambda: "matplotlib is not available (test)")
+    with pytest.raises(plot.PlotUnavailable, match="not available"):
+        plot.draw(_fake_results(), str(tmp_path / "x.png"))
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_plot_panels():
+    drawn = plot.panels(_fake_results())
+    assert [panel[0] for panel in drawn] == ["pingpong", "stream", "scale"]
+    mode, field, _, _, labels, values = drawn[0]
+    assert field == "server_cpu_us_per_req" and len(labels) == 1
+    assert values["c-ref"] == [pytest.approx(10.0)]
+    assert "uvloop" not in values  # no figures: no bars
+
+
+def test_plot_is_written_when_matplotlib_is_there(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "chart.png"
+    plot.draw(_fake_results(), str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_plot_from_json(tmp_path):
+    from pike.bench import cli
+
+    data = tmp_path / "r.json"
+    report.write_json(_fake_results(), str(data))
+    chart = tmp_path / "r.png"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pike", "bench", "--from-json", str(data), "--plot", str(chart)],
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=runner.child_env(),
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "ping-pong echo" in proc.stdout
+    if plot.unavailable() is None:
+        assert chart.exists() and "chart written" in proc.stderr
+    else:
+        assert not chart.exists() and "matplotlib" in proc.stderr
+    assert cli  # imported fine
+
+
 # -- the command line ----------------------------------------------------------------
 
 
-def _run_cli(prefix, tmp_path):
+def _run_cli(prefix, tmp_path, extra=()):
     path = tmp_path / "out.json"
     cmd = [sys.executable, "-m"] + prefix + [
-        "--servers", f"{PIKE_KIND},asyncio",
+        "--servers", f"{PIKE_PY},asyncio",
         "--connections", "1",
-        "--duration", "0.4",
-        "--warmup", "0.1",
+        "--size", "1k",
+        "--duration", "0.3",
+        "--warmup", "0.05",
         "--repeat", "1",
         "--json", str(path),
-    ]
+    ] + list(extra)
     env = runner.child_env()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=50, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     lines = proc.stdout.splitlines()
     header = next(line for line in lines if line.startswith("server ") and "impl" in line)
     assert "req/s" in header and "/req" in header
-    assert any(line.startswith(PIKE_KIND) for line in lines)
+    assert any(line.startswith(PIKE_PY) for line in lines)
     assert any(line.startswith("asyncio") for line in lines)
     assert "[1/2]" in proc.stderr and "[2/2]" in proc.stderr  # progress
     results = report.read_json(str(path))
+    assert results["schema"] == "pike-bench/2"
     case = results["cases"][0]
-    assert [run["server"] for run in case["runs"]] == [PIKE_KIND, "asyncio"]
+    assert case["mode"] == "pingpong"
+    assert [run["server"] for run in case["runs"]] == [PIKE_PY, "asyncio"]
     assert all("error" not in run for run in case["runs"])
     assert results["machine"]["cpu_count"] == os.cpu_count()
-    return results
+    return results, proc
 
 
-def test_bench_cli_module_runs(tmp_path):
-    _run_cli(["pike.bench.cli"], tmp_path)
+def test_bench_cli_with_the_python_loadgen(tmp_path):
+    results, proc = _run_cli(["pike.bench.cli"], tmp_path, ["--loadgen", "python"])
+    assert results["loadgen"]["kind"] == "python"
+    assert results["settings"]["loadgen"] == "python"
+    assert all(run["loadgen"] == "python" for run in results["cases"][0]["runs"])
 
 
-def test_python_m_pike_bench_runs(tmp_path):
-    _run_cli(["pike", "bench"], tmp_path)
+@needs_cc
+def test_python_m_pike_bench_every_mode(tmp_path):
+    """--mode all on tiny settings: every mode's figures land in the JSON and tables."""
+    path = tmp_path / "all.json"
+    chart = tmp_path / "all.png"
+    cmd = [
+        sys.executable, "-m", "pike", "bench", "--mode", "all",
+        "--servers", f"{PIKE_PY},c-ref", "--connections", "2", "--size", "1k",
+        "--window", "16k", "--idle", "50", "--active", "2",
+        "--duration", "0.3", "--warmup", "0.05", "--repeat", "1",
+        "--json", str(path), "--plot", str(chart),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env=runner.child_env())
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    results = report.read_json(str(path))
+    assert results["loadgen"]["kind"] == "c"
+    assert results["settings"]["modes"] == ["pingpong", "stream", "scale"]
+    modes = [case["mode"] for case in results["cases"]]
+    assert modes == ["pingpong", "stream", "scale"]
+    pingpong, stream, scale = results["cases"]
+    assert pingpong["reference"] == "c-ref"
+    row = pingpong["summary"][PIKE_PY]
+    for field in ("server_cpu_us_per_req", "rps", "p50_us", "p99_us", "cpu_vs_c_ref",
+                  "rps_vs_c_ref", "cpu_vs_baseline", "rps_vs_baseline", "vs"):
+        assert field in row
+    assert row["cpu_vs_c_ref"] is not None
+    assert pingpong["summary"]["c-ref"]["cpu_vs_c_ref"] == pytest.approx(1.0)
+    row = stream["summary"][PIKE_PY]
+    assert row["mib_per_s"] > 0 and row["mib_per_s_vs_c_ref"] is not None
+    assert row["server_cpu_us_per_mib"] is not None
+    row = scale["summary"][PIKE_PY]
+    assert row["rps_without"] > 0 and row["rps_with"] > 0 and row["rps_ratio"] > 0
+    assert row["idle_kib_per_conn"] is not None
+    assert scale["runs"][0]["idle"] == 50
+    for text in ("ping-pong echo", "stream echo", "beside 50 idle connections", "KiB/idle conn"):
+        assert text in proc.stdout
+    assert "[6/6]" in proc.stderr
+    if plot.unavailable() is None:
+        assert chart.read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert "matplotlib" in proc.stderr and not chart.exists()
 
 
 def test_cli_in_process_options(capsys):
@@ -430,8 +832,45 @@ def test_cli_in_process_options(capsys):
         cli.main(["--connections", "0"])
     with pytest.raises(SystemExit):
         cli.main(["--size", "x"])
+    with pytest.raises(SystemExit):
+        cli.main(["--mode", "sideways"])
+    with pytest.raises(SystemExit):
+        cli.main(["--mode", "scale", "--idle", "100000"])
     parser = cli.build_parser()
     assert cli._size_list("1k,2m,7") == [1024, 2 * 1024 * 1024, 7]
     args = parser.parse_args(["--impl", "python,c", "--servers", f"{PIKE_KIND},asyncio"])
-    labels = [spec.label for spec in cli._servers(args, parser)]
+    labels = [spec.label for spec in cli._servers(args, parser, ["python", "c"])[0]]
     assert labels == [f"{PIKE_KIND}:python", f"{PIKE_KIND}:c", "asyncio"]
+    # Without --impl a pike server runs on every implementation built here.
+    args = parser.parse_args(["--servers", f"{PIKE_KIND},asyncio"])
+    labels = [spec.label for spec in cli._servers(args, parser, ["python", "c"])[0]]
+    assert labels == [f"{PIKE_KIND}:python", f"{PIKE_KIND}:c", "asyncio"]
+    labels = [spec.label for spec in cli._servers(args, parser, ["python"])[0]]
+    assert labels == [f"{PIKE_KIND}:python", "asyncio"]
+    # Asking for c where it is not built is an error, not a silent skip.
+    with pytest.raises(SystemExit):
+        cli._servers(parser.parse_args(["--servers", f"{PIKE_KIND}:c"]), parser, ["python"])
+    # Every pike poller on every implementation, the others once, c-ref last.
+    specs, _ = cli._servers(parser.parse_args([]), parser, ["python", "c"])
+    labels = [spec.label for spec in specs]
+    for name in pike.available_pollers():
+        assert f"pike-{name}:python" in labels and f"pike-{name}:c" in labels
+    assert "asyncio" in labels
+    if HAVE_CC:
+        assert labels[-1] == "c-ref"
+
+
+def test_quick_settings_and_estimate():
+    from pike.bench import cli
+
+    assert cli.PINGPONG_CONNECTIONS[1] == [10, 100] and cli.PINGPONG_SIZES[1] == [1024]
+    settings = runner.Settings(
+        [runner.ServerSpec("asyncio")], modes=["pingpong", "stream", "scale"],
+        connections=[10, 100], sizes=[1024], idle=[1000, 10000], repeat=1,
+    )
+    cases = settings.cases()
+    assert [c["mode"] for c in cases] == ["pingpong"] * 2 + ["stream"] + ["scale"] * 2
+    assert settings.total_runs() == 5
+    assert settings.estimated_seconds() > 0
+    with pytest.raises(ValueError):
+        runner.Settings([runner.ServerSpec("asyncio")], modes=["sideways"])

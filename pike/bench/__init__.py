@@ -2,21 +2,30 @@
 
 Every server and the load generator run in processes of their own, talk
 only over 127.0.0.1, and are pinned to separate cores where the platform
-allows. One module per job:
+allows. Three modes: ping-pong (requests/s, latency and the server's CPU
+time per request), stream (MiB/s and CPU per MiB) and scale (the active rate
+beside thousands of idle connections, and memory per idle connection).
+One module per job:
 
 * :mod:`pike.bench.cpu`: CPU-time accounting of a process (``/proc``,
   psutil, ``getrusage``) and core pinning; standard library only.
 * :mod:`pike.bench.servers`: the echo servers, one entry point per kind
-  (``python -m pike.bench.servers KIND --port 0``).
-* :mod:`pike.bench.loadgen`: the load generator, independent of pike's own
-  I/O code (``python -m pike.bench.loadgen --port P ...``).
+  (``python -m pike.bench.servers KIND --port 0``); ``c-ref`` is the C
+  reference server built by :mod:`pike.bench.native`.
+* :mod:`pike.bench.native`: the C reference server and the C load
+  generator, compiled from the project's sources on first use.
+* :mod:`pike.bench.loadgen`: the Python load generator, the fallback where
+  the C one cannot be built (``python -m pike.bench.loadgen --port P ...``).
 * :mod:`pike.bench.runner`: starts the processes, interleaves servers and
   rounds, collects the figures, and always cleans up.
-* :mod:`pike.bench.report`: medians, the tables, the JSON file.
+* :mod:`pike.bench.report`: medians, ratios, the tables, the JSON file.
+* :mod:`pike.bench.plot`: the chart (``--plot``), when matplotlib is installed.
 * :mod:`pike.bench.cli`: the command line.
 
 Importing this package starts nothing and imports none of its modules.
 """
 
 #: Version of the JSON layout written by ``--json``.
-SCHEMA = "pike-bench/1"
+SCHEMA = "pike-bench/2"
+#: Older layouts that ``--from-json`` still reads.
+READABLE_SCHEMAS = ("pike-bench/1", SCHEMA)

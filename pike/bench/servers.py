@@ -22,17 +22,29 @@ Kinds:
 * ``uvloop``: the same Protocol on uvloop's loop (when it is installed).
 * ``asyncore``: the standard library's ``asyncore`` (Python < 3.12, or
   wherever a module of that name can be imported), with
-  ``dispatcher_with_send`` for buffered echoing.
+  ``dispatcher_with_send`` for buffered echoing, looping over ``poll()``
+  where the platform has it (``select()`` cannot watch fds past 1023, which
+  the scalability mode needs).
+* ``c-ref``: the C epoll reference server ``echo_ref``, compiled from the
+  project's own source by :mod:`pike.bench.native`. It is not served by this
+  module: the runner starts the executable itself (it prints its port
+  instead of a JSON line).
 
 Every connection has TCP_NODELAY set (pike, asyncio and uvloop do it on
 their own; the asyncore server does it by hand), so the comparison is of the
-loops, not of Nagle.
+loops, not of Nagle. Every server listens with a backlog of
+``socket.SOMAXCONN`` and accepts several connections per readiness event, so
+that opening thousands of idle connections (``--mode scale``) is quick; the
+backlog does not change the cost of a request. Every server raises its
+``RLIMIT_NOFILE`` soft limit to the hard limit at start.
 """
 
 import argparse
+import errno
 import importlib.util
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -43,7 +55,20 @@ RECV_SIZE = 65536
 
 PIKE_POLLERS = ("epoll", "kqueue", "poll", "select")
 OTHER_KINDS = ("asyncio", "uvloop", "asyncore")
-ALL_KINDS = tuple(f"pike-{name}" for name in PIKE_POLLERS) + OTHER_KINDS
+#: The C reference server: started by the runner, not by this module.
+C_REF = "c-ref"
+NATIVE_KINDS = (C_REF,)
+#: Kinds this module serves itself.
+PYTHON_KINDS = tuple(f"pike-{name}" for name in PIKE_POLLERS) + OTHER_KINDS
+ALL_KINDS = PYTHON_KINDS + NATIVE_KINDS
+
+#: Highest fd + 1 that a ``select()`` loop can watch.
+SELECT_FD_LIMIT = 1024
+#: Kinds whose loop is ``select()``: they cannot hold fds past 1023.
+SELECT_KINDS = ("pike-select",)
+
+#: Connections accepted per readiness event of a listener, at most.
+ACCEPTS_PER_EVENT = 64
 
 #: Default lifetime bound of a server process, in seconds.
 DEFAULT_MAX_SECONDS = 900
@@ -68,8 +93,13 @@ def _asyncore_available():
     return True
 
 
-def available_kinds():
-    """The server kinds this machine can run, pike's first."""
+def available_kinds(native=True):
+    """The server kinds this machine can run, pike's first, ``c-ref`` last.
+
+    ``c-ref`` is listed when ``echo_ref`` can be built here (this compiles
+    it on first use; see :func:`c_ref_unavailable`); ``native=False``
+    leaves it out without trying.
+    """
     import pike
 
     kinds = [f"pike-{name}" for name in pike.available_pollers()]
@@ -78,11 +108,66 @@ def available_kinds():
         kinds.append("uvloop")
     if _asyncore_available():
         kinds.append("asyncore")
+    if native and c_ref_unavailable() is None:
+        kinds.append(C_REF)
     return kinds
+
+
+def c_ref_executable():
+    """Path of the built ``echo_ref``, or None (see :func:`c_ref_unavailable`)."""
+    from pike.bench import native
+
+    return native.build("echo_ref")
+
+
+def c_ref_unavailable():
+    """None when ``c-ref`` can run here, else why it cannot (one line)."""
+    from pike.bench import native
+
+    if native.build("echo_ref") is not None:
+        return None
+    reason = native.last_error("echo_ref") or "echo_ref could not be built"
+    return reason.strip().splitlines()[0]
 
 
 def is_pike_kind(kind):
     return kind.startswith("pike-")
+
+
+def is_native_kind(kind):
+    return kind in NATIVE_KINDS
+
+
+def max_fds(kind):
+    """Most fds a server of ``kind`` can watch, or None when no fixed limit."""
+    return SELECT_FD_LIMIT if kind in SELECT_KINDS else None
+
+
+def raise_nofile_limit():
+    """Raise this process's RLIMIT_NOFILE soft limit to the hard limit.
+
+    Returns the soft limit now in force (None where there is no such limit).
+    """
+    try:
+        import resource
+    except ImportError:
+        return None
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):
+        return None
+    if hard == resource.RLIM_INFINITY:
+        # An unlimited hard limit is not a valid soft limit everywhere.
+        target = max(soft, 1 << 20) if soft != resource.RLIM_INFINITY else soft
+    else:
+        target = hard
+    if soft != target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (OSError, ValueError):
+            pass
+    return soft
 
 
 def _nodelay(sock):
@@ -190,7 +275,9 @@ def serve_asyncio(port, ready_fd, use_uvloop=False):
             info["selector"] = type(selector).__name__
     asyncio.set_event_loop(loop)
     server = loop.run_until_complete(
-        loop.create_server(EchoProtocol, HOST, port, reuse_address=True)
+        loop.create_server(
+            EchoProtocol, HOST, port, reuse_address=True, backlog=socket.SOMAXCONN
+        )
     )
     info["port"] = server.sockets[0].getsockname()[1]
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -218,6 +305,20 @@ def serve_asyncore(port, ready_fd):
                 self.send(data)
 
     class EchoServer(asyncore.dispatcher):
+        def handle_accept(self):
+            # asyncore accepts one connection per event; take what is queued
+            # (a bounded number), as the other servers do.
+            for _ in range(ACCEPTS_PER_EVENT):
+                try:
+                    pair = self.accept()
+                except OSError as exc:
+                    if exc.errno in (errno.EMFILE, errno.ENFILE):
+                        return
+                    raise
+                if pair is None:
+                    return
+                self.handle_accepted(*pair)
+
         def handle_accepted(self, sock, addr):
             _nodelay(sock)
             EchoHandler(sock)
@@ -227,6 +328,7 @@ def serve_asyncore(port, ready_fd):
     server.set_reuse_addr()
     server.bind((HOST, port))
     server.listen(socket.SOMAXCONN)
+    use_poll = hasattr(select, "poll")
     _exit_on_signals()
     _announce(
         {
@@ -234,11 +336,12 @@ def serve_asyncore(port, ready_fd):
             "port": server.socket.getsockname()[1],
             "pid": os.getpid(),
             "asyncore_file": getattr(asyncore, "__file__", None),
+            "asyncore_loop": "poll" if use_poll else "select",
         },
         ready_fd,
     )
     try:
-        asyncore.loop(timeout=30.0)
+        asyncore.loop(timeout=30.0, use_poll=use_poll)
     finally:
         asyncore.close_all()
 
@@ -259,6 +362,8 @@ def serve(kind, port=0, ready_fd=None, impl=None):
         serve_asyncio(port, ready_fd, use_uvloop=True)
     elif kind == "asyncore":
         serve_asyncore(port, ready_fd)
+    elif kind == C_REF:
+        raise SystemExit("c-ref is the native echo_ref executable: the runner starts it")
     else:
         raise SystemExit(f"unknown server kind {kind!r}; kinds: {', '.join(ALL_KINDS)}")
 
@@ -268,7 +373,7 @@ def main(argv=None):
         prog="python -m pike.bench.servers",
         description="Run one echo server on 127.0.0.1 for the benchmark.",
     )
-    parser.add_argument("kind", choices=ALL_KINDS)
+    parser.add_argument("kind", choices=PYTHON_KINDS)
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument(
         "--ready-fd",
@@ -291,6 +396,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.max_seconds > 0 and hasattr(signal, "alarm"):
         signal.alarm(args.max_seconds)  # SIGALRM's default action ends us
+    raise_nofile_limit()  # the scalability mode opens thousands of connections
     serve(args.kind, args.port, args.ready_fd, args.impl)
     return 0
 
