@@ -61,7 +61,7 @@ class Transport:
     tcp_nodelay = True
 
     socket = None
-    addr = None
+    _addr = None
     connected = False
     connecting = False
     accepting = False
@@ -132,10 +132,25 @@ class Transport:
         except OSError:
             pass
         try:
-            self.addr = sock.getpeername()
+            sock.getpeername()  # kept lazily by ``addr``: ~150 bytes a connection
         except OSError:
             return  # not connected (yet)
         self.connected = True
+
+    @property
+    def addr(self):
+        """The peer's address once connected (the bound one for a listener)."""
+        addr = self._addr
+        if addr is None and self.connected and self.socket is not None:
+            try:
+                addr = self._addr = self.socket.getpeername()
+            except OSError:
+                return None
+        return addr
+
+    @addr.setter
+    def addr(self, value):
+        self._addr = value
 
     def fileno(self):
         """The socket's fd (-1 when there is none)."""
