@@ -334,8 +334,8 @@ class Poller:
                         raise
                     except BaseException:
                         self._callback_failed(channel)
-                    if channels.get(fd) is not channel:
-                        continue  # closed (or replaced) by its read callback
+                    if not bits & write_bits or channels.get(fd) is not channel:
+                        continue  # nothing to write, or closed by its read callback
                 if bits & write_bits and channel._write_armed:
                     # One-shot: disarm first so the callback can re-arm.
                     channel._write_armed = False

@@ -420,8 +420,9 @@ class Transport:
             return
         if self._write_state or self.closed or self.socket is None:
             self._check_writable()  # raises
-        if type(data) is not bytes and type(data) is not bytearray:
-            data = memoryview(data).cast("B")  # so len() counts bytes
+        if type(data) is not bytes:
+            if type(data) is not bytearray:
+                data = memoryview(data).cast("B")  # so len() counts bytes
         queue = self._queue
         if queue or self.connecting:
             if queue is None:
