@@ -20,12 +20,14 @@ from .poller import (  # noqa: E402
     set_poller,
 )
 from .transport import Transport  # noqa: E402
+from .chat import Chat  # noqa: E402
 
 _impl.apply_at_import()
 
 __all__ = [
     "__version__",
     "IMPLEMENTATION",
+    "Chat",
     "Transport",
     "available_pollers",
     "get_poller",

@@ -273,9 +273,12 @@ class Poller:
         """Refuse fds this backend cannot watch (select's FD_SETSIZE)."""
 
     def _apply_interest(self):
-        dirty, self._dirty = self._dirty, {}
+        # Item by item: if a callback raises (KeyboardInterrupt from a
+        # handle_close), what is left stays dirty for the next poll.
+        dirty = self._dirty
         registered = self._registered
-        for fd, channel in dirty.items():
+        while dirty:
+            fd, channel = dirty.popitem()
             want = (READ if channel._reading else 0) | (
                 WRITE if channel._write_armed else 0
             )
@@ -289,9 +292,15 @@ class Poller:
                     self._unregister(fd, have)
                 else:
                     self._modify(fd, have, want)
-            except (OSError, ValueError):
-                # The fd was closed behind the transport's back.
+            except (OSError, ValueError) as exc:
                 registered.pop(fd, None)
+                if isinstance(exc, PermissionError):
+                    # epoll refuses regular files and some devices: say so.
+                    logger.error(
+                        "pike: the %s poller cannot watch fd %d of %r (%s); "
+                        "closing it", self.name, fd, channel, exc,
+                    )
+                # Otherwise the fd was closed behind the transport's back.
                 self._lost_fd(fd, channel)
                 continue
             if want:

@@ -308,6 +308,11 @@ class Transport:
         """
         self.write_eof()
 
+    def handle_read_eof(self):
+        """:meth:`recv` saw the peer's EOF; runs before :meth:`handle_close`
+        (or :meth:`handle_eof`). A framing layer delivers what it held back.
+        """
+
     def handle_close(self):
         """The connection is gone (EOF, reset...). The default closes."""
         self.close()
@@ -396,6 +401,9 @@ class Transport:
             return b"", None
 
     def _peer_eof(self):
+        self.handle_read_eof()
+        if self.closed:
+            return
         if not self.half_close:
             self.handle_close()
             return
@@ -485,6 +493,13 @@ class Transport:
     def can_write_eof(self):
         return True
 
+    def discard_write_buffer(self):
+        """Drop queued, unsent data (a partly sent buffer is cut off)."""
+        queue = self._queue
+        if queue:
+            queue.clear()
+            self._check_water_marks()
+
     def get_write_buffer_size(self):
         """Bytes queued and not yet taken by the kernel."""
         queue = self._queue
@@ -551,9 +566,7 @@ class Transport:
         elif self._write_state == 3:
             self.close()
             return
-        if self._writing_paused and queue.size <= self._low_water:
-            self._writing_paused = False
-            self.handle_resume_writing()
+        self._check_water_marks()
 
     def _shutdown_write(self):
         self._write_state = 2
