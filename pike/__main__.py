@@ -1,4 +1,4 @@
-"""The command line: ``python -m pike {info,bench}``."""
+"""The command line: ``python -m pike {info,bench,echo}``."""
 
 import argparse
 import sys
@@ -22,11 +22,16 @@ def _info(args):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    # bench and echo have parsers of their own; argparse here would eat
+    # their options.
     if argv and argv[0] == "bench":
-        # The bench has its own parser; argparse here would eat its options.
         from pike.bench.cli import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "echo":
+        from pike.server.cli import main as echo_main
+
+        return echo_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m pike", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -35,6 +40,11 @@ def main(argv=None):
     commands.add_parser(  # listed for --help; main() hands it over above
         "bench",
         help="side-by-side echo benchmark (python -m pike bench --help)",
+        add_help=False,
+    )
+    commands.add_parser(
+        "echo",
+        help="run an echo server (python -m pike echo --help)",
         add_help=False,
     )
     args = parser.parse_args(argv)
