@@ -1,0 +1,82 @@
+"""Drop-in replacements for standard library modules built on pike.
+
+``asyncore`` and ``asynchat`` left the standard library in Python 3.12.
+:func:`install` makes ``import asyncore`` (and ``import asynchat``, and on
+request ``import socketserver``) resolve to pike's modules, so a legacy
+program runs unchanged after one line::
+
+    import pike.compat; pike.compat.install()
+    import asyncore   # pike.compat.asyncore
+
+The replacement goes through ``sys.modules``: it affects imports made after
+the call, not module objects imported before it. Importing this package
+imports none of the replacement modules.
+"""
+
+import importlib
+import importlib.util
+import sys
+
+# sys.modules name -> pike module, in the order install() puts them in.
+_MODULES = (
+    ("asyncore", "pike.compat.asyncore"),
+    ("asynchat", "pike.compat.asynchat"),
+    ("socketserver", "pike.compat.socketserver"),
+)
+
+_MISSING = object()
+# What sys.modules held under each name before install() replaced it.
+_saved = {}
+
+
+def _exists(module_name):
+    try:
+        return importlib.util.find_spec(module_name) is not None
+    except ImportError:
+        return False
+
+
+def install(socketserver=False):
+    """Make ``import asyncore`` / ``import asynchat`` load pike's modules.
+
+    ``asynchat`` is installed when pike has it (``pike.compat.asynchat``);
+    ``socketserver`` only when asked for and when pike has it. Returns a
+    dict of the names installed and their modules. Calling it again is
+    harmless; :func:`uninstall` undoes it.
+    """
+    installed = {}
+    for name, module_name in _MODULES:
+        if name == "socketserver" and not socketserver:
+            continue
+        if name != "asyncore" and not _exists(module_name):
+            continue
+        module = importlib.import_module(module_name)
+        current = sys.modules.get(name, _MISSING)
+        if current is not module and name not in _saved:
+            _saved[name] = current
+        sys.modules[name] = module
+        installed[name] = module
+    return installed
+
+
+def uninstall():
+    """Put back what ``sys.modules`` held before :func:`install`."""
+    for name, previous in list(_saved.items()):
+        if previous is _MISSING:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = previous
+        del _saved[name]
+
+
+def installed():
+    """The names whose imports pike's modules answer right now."""
+    result = []
+    for name, module_name in _MODULES:
+        module = sys.modules.get(name)
+        if module is not None and getattr(module, "__name__", None) == module_name:
+            result.append(name)
+    return result
+
+
+__all__ = ["install", "uninstall", "installed"]

@@ -1,0 +1,1098 @@
+"""A drop-in ``asyncore`` for code that outlived the standard library's.
+
+This module has the whole public API of Python 3.11's ``asyncore`` (removed
+from the standard library in 3.12) and behaves the same to its callers:
+``loop``, ``poll``, ``poll2`` / ``poll3``, ``read``, ``write``,
+``readwrite``, ``close_all``, ``compact_traceback``, ``ExitNow``,
+``dispatcher``, ``dispatcher_with_send``, ``file_wrapper`` and
+``file_dispatcher``, the module-level ``socket_map``, and the module's own
+``socket``, ``select``, ``time`` and ``os`` names, which applications and
+their tests replace at run time. :func:`pike.compat.install` makes ``import
+asyncore`` find it.
+
+Where it differs is speed, in :func:`loop`. The original rebuilds a
+``select()`` (or ``poll()``) set from scratch on every iteration, which
+costs O(channels) system-call work and stops at fd 1024. Here ``loop()``
+keeps one pike epoll poller per map (:class:`_MapPoller`). Every iteration
+still asks each channel ``readable()`` and ``writable()``, as the original
+does, but the kernel interest follows the answers lazily: an
+``epoll_ctl`` call is made only for a channel whose answers changed since
+the last iteration, and the wait costs O(ready channels) with no fd limit.
+The events are then dispatched with the original's semantics: in
+``select`` mode (the default) as ``select()`` would report them (all reads,
+then all writes, then exceptional conditions, with Linux's select mapping of
+hang-ups and errors), in ``poll`` mode (``use_poll=True``) through
+:func:`readwrite` as ``poll2()`` would.
+
+The fast path is taken only when nobody replaced what the original loop
+would have used: the module's ``select`` and ``time`` (and their
+``select`` / ``poll`` / ``sleep`` functions), and the module's ``poll``,
+``poll2``, ``read``, ``write``, ``_exception`` and ``readwrite``. Otherwise
+``loop()`` calls the module's ``poll`` / ``poll2`` exactly as the original
+does, and those always work on the module's own names, so fakes and
+monkeypatches see what they expect. ``PIKE_ASYNCORE_FAST=0`` in the
+environment turns the fast path off.
+
+Differences a caller can notice, all deliberate:
+
+* an fd that was closed behind its dispatcher's back (the dispatcher still
+  in the map) gets ``handle_close()`` in the fast path, as ``poll2()``
+  reports ``POLLNVAL``; the original ``select()`` loop raised ``EBADF``;
+* a socket that hung up while its dispatcher only wants to write is not
+  reported (as with ``select()``) and, so that the loop cannot spin on
+  epoll's unmaskable hang-up event, its kernel interest is dropped until
+  its ``readable()`` / ``writable()`` answers change;
+* an event for an fd that was closed and reused during the same batch is
+  dropped instead of reaching the new owner;
+* while a loop runs on a map, pike holds three fds for it (the epoll object
+  and its wake-up pipe); they are released when a ``loop()`` call returns
+  with the map empty, by :func:`close_all`, or when more than a handful of
+  maps are in use.
+
+Everything here is written from the documented behaviour of the 3.11 module
+and its test-suite; no code is taken from it.
+"""
+
+import os
+import select
+import socket
+import sys
+import time
+import warnings
+from errno import (
+    EAGAIN,
+    EALREADY,
+    EBADF,
+    ECONNABORTED,
+    ECONNRESET,
+    EINPROGRESS,
+    EINVAL,
+    EISCONN,
+    ENOTCONN,
+    EPIPE,
+    ESHUTDOWN,
+    EWOULDBLOCK,
+    errorcode,
+)
+
+import threading as _threading
+import weakref as _weakref
+
+from pike import poller as _pike_poller
+
+# The map channels live in unless one is passed explicitly.
+socket_map = {}
+
+
+class ExitNow(Exception):
+    """Raised by a handler to leave :func:`loop` at once."""
+
+
+# Exceptions that escape the event helpers instead of reaching handle_error.
+_reraised_exceptions = (ExitNow, KeyboardInterrupt, SystemExit)
+
+# Errors that mean "the peer is gone": they turn into handle_close().
+_DISCONNECTED = frozenset(
+    (ECONNRESET, ENOTCONN, ESHUTDOWN, ECONNABORTED, EPIPE, EBADF)
+)
+
+
+def _strerror(err):
+    """A message for errno ``err``, even for numbers the C library rejects."""
+    try:
+        return os.strerror(err)
+    except (ValueError, OverflowError, NameError):
+        name = errorcode.get(err)
+        return name if name is not None else "Unknown error %s" % err
+
+
+# -- calling one handler ------------------------------------------------------
+
+
+def read(obj):
+    """Call ``obj.handle_read_event()``; other errors go to ``handle_error``."""
+    try:
+        obj.handle_read_event()
+    except _reraised_exceptions:
+        raise
+    except BaseException:
+        obj.handle_error()
+
+
+def write(obj):
+    """Call ``obj.handle_write_event()``; other errors go to ``handle_error``."""
+    try:
+        obj.handle_write_event()
+    except _reraised_exceptions:
+        raise
+    except BaseException:
+        obj.handle_error()
+
+
+def _exception(obj):
+    """Call ``obj.handle_expt_event()``; other errors go to ``handle_error``."""
+    try:
+        obj.handle_expt_event()
+    except _reraised_exceptions:
+        raise
+    except BaseException:
+        obj.handle_error()
+
+
+def readwrite(obj, flags):
+    """Dispatch one ``poll()`` result: ``flags`` are ``select.POLL*`` bits.
+
+    Read, write and priority events go to their ``handle_*_event`` method in
+    that order; a hang-up, error or invalid fd to ``handle_close()``. An
+    OSError meaning the peer went away also becomes ``handle_close()``;
+    ``ExitNow``, ``KeyboardInterrupt`` and ``SystemExit`` escape; anything
+    else goes to ``handle_error()``.
+    """
+    try:
+        if flags & select.POLLIN:
+            obj.handle_read_event()
+        if flags & select.POLLOUT:
+            obj.handle_write_event()
+        if flags & select.POLLPRI:
+            obj.handle_expt_event()
+        if flags & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            obj.handle_close()
+    except OSError as exc:
+        if exc.errno in _DISCONNECTED:
+            obj.handle_close()
+        else:
+            obj.handle_error()
+    except _reraised_exceptions:
+        raise
+    except BaseException:
+        obj.handle_error()
+
+
+# -- one iteration, the original way -------------------------------------------
+
+
+def poll(timeout=0.0, map=None):
+    """One ``select()`` iteration over ``map`` (default: ``socket_map``).
+
+    Each channel is asked ``readable()`` and ``writable()`` (a listening
+    channel is never watched for writing); when nobody wants anything the
+    call just sleeps ``timeout`` seconds. Uses the module's ``select`` and
+    ``time`` names, so both may be replaced.
+    """
+    if map is None:
+        map = socket_map
+    if not map:
+        return
+    readers = []
+    writers = []
+    excepts = []
+    for fd, obj in list(map.items()):
+        wants_read = obj.readable()
+        wants_write = obj.writable()
+        if wants_read:
+            readers.append(fd)
+        if wants_write and not obj.accepting:
+            writers.append(fd)
+        if wants_read or wants_write:
+            excepts.append(fd)
+    if not (readers or writers or excepts):
+        time.sleep(timeout)
+        return
+    readers, writers, excepts = select.select(readers, writers, excepts, timeout)
+    for ready, handler in ((readers, read), (writers, write), (excepts, _exception)):
+        for fd in ready:
+            obj = map.get(fd)
+            if obj is not None:
+                handler(obj)
+
+
+def poll2(timeout=0.0, map=None):
+    """One ``poll()`` iteration over ``map``; ``timeout`` is in seconds.
+
+    Results are dispatched through :func:`readwrite`. Uses the module's
+    ``select`` name, so it may be replaced.
+    """
+    if map is None:
+        map = socket_map
+    if timeout is not None:
+        timeout = int(timeout * 1000)  # poll() takes whole milliseconds
+    pollster = select.poll()
+    if not map:
+        return
+    for fd, obj in list(map.items()):
+        flags = 0
+        if obj.readable():
+            flags |= select.POLLIN | select.POLLPRI
+        if obj.writable() and not obj.accepting:
+            flags |= select.POLLOUT
+        if flags:
+            pollster.register(fd, flags)
+    for fd, flags in pollster.poll(timeout):
+        obj = map.get(fd)
+        if obj is not None:
+            readwrite(obj, flags)
+
+
+poll3 = poll2  # the old name
+
+
+def loop(timeout=30.0, use_poll=False, map=None, count=None):
+    """Run iterations until ``map`` is empty, or ``count`` of them ran.
+
+    ``timeout`` bounds each wait (seconds); ``use_poll`` asks for ``poll()``
+    semantics instead of ``select()``'s; ``map`` defaults to ``socket_map``.
+    """
+    if map is None:
+        map = socket_map
+    poll_mode = bool(use_poll) and hasattr(select, "poll")
+    engine = None
+    if map and (count is None or count > 0):
+        engine = _checkout(map, poll_mode)
+    if engine is None:
+        poll_fun = poll2 if poll_mode else poll
+        if count is None:
+            while map:
+                poll_fun(timeout, map)
+        else:
+            while map and count > 0:
+                poll_fun(timeout, map)
+                count -= 1
+        return
+    try:
+        if count is None:
+            while map:
+                engine.run_once(map, timeout)
+        else:
+            while map and count > 0:
+                engine.run_once(map, timeout)
+                count -= 1
+    finally:
+        _checkin(map, engine)
+
+
+# -- the channels ----------------------------------------------------------------
+
+
+class dispatcher:
+    """A thin wrapper around a non-blocking socket, driven by :func:`loop`.
+
+    Override ``readable()`` / ``writable()`` to say what to wait for, and the
+    ``handle_*`` methods to act on it.
+    """
+
+    debug = False
+    connected = False
+    accepting = False
+    connecting = False
+    closing = False
+    addr = None
+    ignore_log_types = frozenset({"warning"})
+
+    def __init__(self, sock=None, map=None):
+        self._map = socket_map if map is None else map
+        self._fileno = None
+        if not sock:
+            self.socket = None
+            return
+        sock.setblocking(False)
+        self.set_socket(sock, map)
+        self.connected = True
+        try:
+            self.addr = sock.getpeername()
+        except OSError as exc:
+            if exc.errno not in (ENOTCONN, EINVAL):
+                # Something worse than "not connected yet": leave the map
+                # as it was before raising.
+                self.del_channel(map)
+                raise
+            self.connected = False  # a listening or unconnected socket
+
+    def __repr__(self):
+        cls = type(self)
+        module = cls.__module__
+        if module == __name__:
+            module = "asyncore"  # what the classes are known as to callers
+        words = ["%s.%s" % (module, cls.__qualname__)]
+        if self.accepting and self.addr:
+            words.append("listening")
+        elif self.connected:
+            words.append("connected")
+        if self.addr is not None:
+            try:
+                words.append("%s:%d" % self.addr)
+            except TypeError:
+                words.append(repr(self.addr))
+        return "<%s at %#x>" % (" ".join(words), id(self))
+
+    # -- the map ----------------------------------------------------------
+
+    def add_channel(self, map=None):
+        if map is None:
+            map = self._map
+        map[self._fileno] = self
+
+    def del_channel(self, map=None):
+        fd = self._fileno
+        if map is None:
+            map = self._map
+        if fd in map:
+            del map[fd]
+            # Unregister from the fast path's kernel set now, while the fd
+            # is still open: epoll forgets a closed fd by itself only when
+            # no other descriptor shares its file.
+            _forget(map, fd, self)
+        self._fileno = None
+
+    # -- socket set-up ------------------------------------------------------
+
+    def create_socket(self, family=socket.AF_INET, type=socket.SOCK_STREAM):
+        self.family_and_type = family, type
+        sock = socket.socket(family, type)
+        sock.setblocking(False)
+        self.set_socket(sock)
+
+    def set_socket(self, sock, map=None):
+        self.socket = sock
+        self._fileno = sock.fileno()
+        self.add_channel(map)
+
+    def set_reuse_addr(self):
+        """Set ``SO_REUSEADDR`` where the platform allows it."""
+        try:
+            current = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
+            self.socket.setsockopt(
+                socket.SOL_SOCKET, socket.SO_REUSEADDR, current | 1
+            )
+        except OSError:
+            pass
+
+    # -- what to wait for --------------------------------------------------
+
+    def readable(self):
+        return True
+
+    def writable(self):
+        return True
+
+    # -- socket methods -------------------------------------------------
+
+    def listen(self, num):
+        self.accepting = True
+        if os.name == "nt" and num > 5:
+            num = 5
+        return self.socket.listen(num)
+
+    def bind(self, addr):
+        self.addr = addr
+        return self.socket.bind(addr)
+
+    def connect(self, address):
+        self.connected = False
+        self.connecting = True
+        err = self.socket.connect_ex(address)
+        if err in (EINPROGRESS, EALREADY, EWOULDBLOCK) or (
+            err == EINVAL and os.name == "nt"
+        ):
+            self.addr = address
+            return
+        if err in (0, EISCONN):
+            self.addr = address
+            self.handle_connect_event()
+            return
+        raise OSError(err, errorcode.get(err) or _strerror(err))
+
+    def accept(self):
+        """``(sock, address)`` of a waiting connection, or None."""
+        try:
+            conn, addr = self.socket.accept()
+        except TypeError:
+            return None
+        except OSError as exc:
+            if exc.errno in (EWOULDBLOCK, ECONNABORTED, EAGAIN):
+                return None
+            raise
+        return conn, addr
+
+    def send(self, data):
+        """Bytes sent; 0 when the socket would block or the peer is gone."""
+        try:
+            return self.socket.send(data)
+        except OSError as exc:
+            if exc.errno == EWOULDBLOCK:
+                return 0
+            if exc.errno in _DISCONNECTED:
+                self.handle_close()
+                return 0
+            raise
+
+    def recv(self, buffer_size):
+        """Data received; b'' (after ``handle_close()``) at EOF or reset."""
+        try:
+            data = self.socket.recv(buffer_size)
+        except OSError as exc:
+            if exc.errno in _DISCONNECTED:
+                self.handle_close()
+                return b""
+            raise
+        if not data:
+            self.handle_close()
+            return b""
+        return data
+
+    def close(self):
+        self.connected = False
+        self.accepting = False
+        self.connecting = False
+        self.del_channel()
+        if self.socket is not None:
+            try:
+                self.socket.close()
+            except OSError as exc:
+                if exc.errno not in (ENOTCONN, EBADF):
+                    raise
+
+    # -- logging ---------------------------------------------------------
+
+    def log(self, message):
+        sys.stderr.write("log: %s\n" % str(message))
+
+    def log_info(self, message, type="info"):
+        if type not in self.ignore_log_types:
+            print("%s: %s" % (type, message))
+
+    # -- events, as the loop reports them ----------------------------------
+
+    def handle_read_event(self):
+        if self.accepting:
+            # A listening socket is readable when a connection waits.
+            self.handle_accept()
+            return
+        if not self.connected and self.connecting:
+            self.handle_connect_event()
+        self.handle_read()
+
+    def handle_connect_event(self):
+        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err != 0:
+            raise OSError(err, _strerror(err))
+        self.handle_connect()
+        self.connected = True
+        self.connecting = False
+
+    def handle_write_event(self):
+        if self.accepting:
+            return  # never watched for writing; ignore a stray event
+        if not self.connected and self.connecting:
+            self.handle_connect_event()
+        self.handle_write()
+
+    def handle_expt_event(self):
+        # An error on the socket also shows up as an exceptional condition;
+        # only a clean socket has real out-of-band data.
+        err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err != 0:
+            self.handle_close()
+        else:
+            self.handle_expt()
+
+    def handle_error(self):
+        (_, _, _), exc_type, exc_value, where = compact_traceback()
+        try:
+            me = repr(self)
+        except BaseException:
+            me = "<__repr__(self) failed for object at %0x>" % id(self)
+        self.log_info(
+            "uncaptured python exception, closing channel %s (%s:%s %s)"
+            % (me, exc_type, exc_value, where),
+            "error",
+        )
+        self.handle_close()
+
+    # -- what subclasses override -----------------------------------------
+
+    def handle_expt(self):
+        self.log_info("unhandled incoming priority event", "warning")
+
+    def handle_read(self):
+        self.log_info("unhandled read event", "warning")
+
+    def handle_write(self):
+        self.log_info("unhandled write event", "warning")
+
+    def handle_connect(self):
+        self.log_info("unhandled connect event", "warning")
+
+    def handle_accept(self):
+        pair = self.accept()
+        if pair is not None:
+            self.handle_accepted(*pair)
+
+    def handle_accepted(self, sock, addr):
+        sock.close()
+        self.log_info("unhandled accepted event", "warning")
+
+    def handle_close(self):
+        self.log_info("unhandled close event", "warning")
+        self.close()
+
+
+class dispatcher_with_send(dispatcher):
+    """A dispatcher that buffers what :meth:`send` cannot send at once."""
+
+    def __init__(self, sock=None, map=None):
+        dispatcher.__init__(self, sock, map)
+        self.out_buffer = b""
+
+    def initiate_send(self):
+        sent = dispatcher.send(self, self.out_buffer[:65536])
+        self.out_buffer = self.out_buffer[sent:]
+
+    def handle_write(self):
+        self.initiate_send()
+
+    def writable(self):
+        return (not self.connected) or len(self.out_buffer)
+
+    def send(self, data):
+        if self.debug:
+            self.log_info("sending %s" % repr(data))
+        self.out_buffer = self.out_buffer + data
+        self.initiate_send()
+
+
+# -- helpers -----------------------------------------------------------------
+
+
+def compact_traceback():
+    """Summarise the exception being handled.
+
+    Returns ``((file, function, line), type, value, info)``: the innermost
+    frame, and every frame as ``[file|function|line]`` joined by spaces.
+    """
+    exc_type, exc_value, tb = sys.exc_info()
+    if not tb:
+        raise AssertionError("traceback does not exist")
+    frames = []
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        frames.append((code.co_filename, code.co_name, str(tb.tb_lineno)))
+        tb = tb.tb_next
+    info = " ".join("[%s|%s|%s]" % frame for frame in frames)
+    return frames[-1], exc_type, exc_value, info
+
+
+def close_all(map=None, ignore_all=False):
+    """Close every channel of ``map`` (default ``socket_map``), then empty it.
+
+    EBADF from a close is ignored; other errors propagate unless
+    ``ignore_all`` is true.
+    """
+    if map is None:
+        map = socket_map
+    for obj in list(map.values()):
+        try:
+            obj.close()
+        except OSError as exc:
+            if exc.errno != EBADF and not ignore_all:
+                raise
+        except _reraised_exceptions:
+            raise
+        except BaseException:
+            if not ignore_all:
+                raise
+    map.clear()
+    _release(map)
+
+
+# -- files as channels (Unix) ---------------------------------------------------
+
+if os.name == "posix":
+
+    class file_wrapper:
+        """Just enough of the socket interface over a file descriptor.
+
+        Holds its own duplicate of the fd, so the caller may close theirs.
+        """
+
+        def __init__(self, fd):
+            self.fd = os.dup(fd)
+
+        def __del__(self):
+            if getattr(self, "fd", -1) >= 0:  # (-1 too if os.dup() failed)
+                warnings.warn("unclosed file %r" % self, ResourceWarning, source=self)
+                self.close()
+
+        def recv(self, *args):
+            return os.read(self.fd, *args)
+
+        def send(self, *args):
+            return os.write(self.fd, *args)
+
+        def getsockopt(self, level, optname, buflen=None):
+            if level == socket.SOL_SOCKET and optname == socket.SO_ERROR and not buflen:
+                return 0  # a file never has a pending socket error
+            raise NotImplementedError("Only asyncore specific behaviour implemented.")
+
+        read = recv
+        write = send
+
+        def close(self):
+            fd = self.fd
+            if fd < 0:
+                return
+            self.fd = -1  # closed even when os.close() fails
+            os.close(fd)
+
+        def fileno(self):
+            return self.fd
+
+    class file_dispatcher(dispatcher):
+        """A dispatcher over a file descriptor (a pipe, a tty...)."""
+
+        def __init__(self, fd, map=None):
+            dispatcher.__init__(self, None, map)
+            self.connected = True
+            try:
+                fd = fd.fileno()
+            except AttributeError:
+                pass
+            self.set_file(fd)
+            os.set_blocking(fd, False)
+
+        def set_file(self, fd):
+            self.socket = file_wrapper(fd)
+            self._fileno = self.socket.fileno()
+            self.add_channel()
+
+
+# -- the fast path: one pike epoll poller per map ----------------------------------
+
+# What loop() may only bypass while nobody replaced it (checked per call).
+_select_module = select
+_time_module = time
+_orig_select_select = select.select
+_orig_select_poll = getattr(select, "poll", None)
+_orig_sleep = time.sleep
+_orig = {
+    "poll": poll,
+    "poll2": poll2,
+    "read": read,
+    "write": write,
+    "_exception": _exception,
+    "readwrite": readwrite,
+}
+
+_FAST_PATH = os.environ.get("PIKE_ASYNCORE_FAST", "1").strip().lower() not in (
+    "0",
+    "no",
+    "off",
+    "false",
+)
+
+# At most this many maps keep a poller between loop() calls.
+_MAX_ENGINES = 8
+
+_engines = {}  # id(map) -> _MapPoller; most recently used last
+_engines_lock = _threading.Lock()
+
+
+def _fast_path_allowed(poll_mode):
+    if not _FAST_PATH or _MapPoller is None:
+        return False
+    if select is not _select_module or time is not _time_module:
+        return False
+    if _time_module.sleep is not _orig_sleep:
+        return False
+    names = globals()
+    if poll_mode:
+        if _select_module.poll is not _orig_select_poll:
+            return False
+        wanted = ("poll2", "readwrite")
+    else:
+        if _select_module.select is not _orig_select_select:
+            return False
+        wanted = ("poll", "read", "write", "_exception")
+    for name in wanted:
+        if names.get(name) is not _orig[name]:
+            return False
+    return True
+
+
+def _checkout(map, poll_mode):
+    """The poller for ``map``, locked for this thread; None: use the original."""
+    if not _fast_path_allowed(poll_mode):
+        return None
+    key = id(map)
+    with _engines_lock:
+        engine = _engines.pop(key, None)
+        if engine is not None:
+            usable = not (engine._closed or engine._forked_away)
+            if not engine._in_use.acquire(False):
+                if usable:
+                    # Another thread (or an outer loop() of this one) is
+                    # driving this map: this call takes the original path.
+                    _engines[key] = engine
+                    return None
+                # A forked child inherited a lock held in the parent.
+            elif usable and engine.poll_mode == poll_mode:
+                _engines[key] = engine  # most recently used
+                return engine
+            else:
+                engine._in_use.release()
+            engine.close()
+        while len(_engines) >= _MAX_ENGINES:
+            if not _evict_one():
+                return None
+        try:
+            engine = _MapPoller(poll_mode)
+        except (OSError, ValueError):
+            return None  # out of fds, say: the original path still works
+        engine._in_use.acquire()
+        _engines[key] = engine
+        return engine
+
+
+def _evict_one():
+    for key, engine in list(_engines.items()):
+        if engine._in_use.acquire(False):
+            del _engines[key]
+            engine.close()
+            engine._in_use.release()
+            return True
+    return False
+
+
+def _checkin(map, engine):
+    try:
+        if not map:
+            with _engines_lock:
+                if _engines.get(id(map)) is engine:
+                    del _engines[id(map)]
+            engine.close()
+    finally:
+        engine._in_use.release()
+
+
+def _release(map):
+    """Drop ``map``'s poller unless a loop is driving it right now."""
+    with _engines_lock:
+        engine = _engines.get(id(map))
+        if engine is None or not engine._in_use.acquire(False):
+            return
+        del _engines[id(map)]
+    try:
+        engine.close()
+    finally:
+        engine._in_use.release()
+
+
+def _forget(map, fd, obj):
+    """``obj`` left ``map``: unregister its fd from the map's poller now."""
+    engine = _engines.get(id(map))
+    if engine is None:
+        return
+    slot = engine._channels.get(fd)
+    if slot is not None and slot.ref() is obj:
+        engine.del_channel(slot)
+
+
+def _after_fork_in_child():
+    global _engines_lock
+    _engines_lock = _threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class _Strong:
+    """A strong reference with the call interface of a weak one."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __call__(self):
+        return self.obj
+
+
+class _Slot:
+    """What the poller watches for one map entry (the channel interface).
+
+    ``_reading`` / ``_write_armed`` hold the last ``readable()`` /
+    ``writable()`` answers. The map entry is held weakly where it can be, so
+    a poller kept for a map never keeps a dropped map's channels alive.
+    """
+
+    __slots__ = ("_fileno", "_reading", "_write_armed", "ref")
+
+    def __init__(self, fd, obj, reading, writing):
+        self._fileno = fd
+        self._reading = reading
+        self._write_armed = writing
+        try:
+            self.ref = _weakref.ref(obj)
+        except TypeError:
+            self.ref = _Strong(obj)
+
+    def __repr__(self):
+        return "<asyncore slot fd=%s for %r>" % (self._fileno, self.ref())
+
+
+_EpollPoller = getattr(_pike_poller, "EpollPoller", None)
+
+if _EpollPoller is not None:
+    _READ = _pike_poller.READ
+    _MAX_WAIT = _pike_poller._MAX_WAIT
+    _WRITE = _pike_poller.WRITE
+    _EPOLLIN = select.EPOLLIN
+    _EPOLLOUT = select.EPOLLOUT
+    _EPOLLPRI = select.EPOLLPRI
+    # What select() counts as readable, writable and exceptional (Linux).
+    _SELECT_READ = select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR
+    _SELECT_WRITE = select.EPOLLOUT | select.EPOLLERR
+    _SELECT_EXCEPT = select.EPOLLPRI
+    # epoll and poll share their bit values on Linux; readwrite() reads
+    # poll bits.
+    _SAME_BITS = all(
+        getattr(select, "EPOLL" + n) == getattr(select, "POLL" + n)
+        for n in ("IN", "OUT", "PRI", "ERR", "HUP")
+    )
+
+    def _epoll_to_poll(bits):
+        if _SAME_BITS:
+            return bits
+        flags = 0
+        for n in ("IN", "OUT", "PRI", "ERR", "HUP"):
+            if bits & getattr(select, "EPOLL" + n):
+                flags |= getattr(select, "POLL" + n)
+        return flags
+
+    class _MapPoller(_EpollPoller):
+        """A pike epoll poller that drives one asyncore map.
+
+        :meth:`run_once` is one iteration of :func:`loop`: ask every channel
+        of the map ``readable()`` / ``writable()``, mark the slots whose
+        answers changed (the poller applies only those to the kernel, just
+        before it waits), wait, and dispatch with ``select()`` or ``poll()``
+        semantics.
+        """
+
+        name = "asyncore-epoll"
+
+        def __init__(self, poll_mode):
+            self.poll_mode = poll_mode
+            self._in_use = _threading.Lock()
+            self._map_now = None  # the map, during one iteration only
+            self._lost = []  # slots whose fd turned out to be closed
+            self._unpollable = set()  # fds epoll refuses (regular files)
+            super().__init__()
+
+        # -- one iteration ----------------------------------------------
+
+        def run_once(self, map, timeout):
+            """One iteration of loop() over ``map``.
+
+            Poller.poll() is bypassed on purpose: this poller has no timers
+            and no queued calls, and the asyncore loop is hot enough for
+            their checks to show.
+            """
+            if not self._sync(map) and not self.poll_mode:
+                time.sleep(timeout)  # what select-based poll() does then
+                return
+            if self._dirty:
+                self._apply_interest()
+            if timeout is not None:
+                timeout = min(max(timeout, 0.0), _MAX_WAIT)
+            self._map_now = map
+            try:
+                events = self._wait(timeout)
+                if events:
+                    self._dispatch(events)
+            finally:
+                self._map_now = None
+            if self._lost:
+                self._report_lost(map)
+
+        def _sync(self, map):
+            """Bring the slots up to date with ``map``; True if anyone waits.
+
+            Asks every channel ``readable()`` then ``writable()`` (and a
+            writable one whether it is ``accepting``), as poll() does, and
+            marks dirty only the slots whose answers changed.
+            """
+            get = self._channels.get
+            dirty = self._dirty
+            anyone = False
+            entries = list(map.items())
+            for fd, obj in entries:
+                reading = True if obj.readable() else False
+                writing = True if obj.writable() and not obj.accepting else False
+                slot = get(fd)
+                if slot is not None and slot.ref() is obj:
+                    if slot._reading is not reading or slot._write_armed is not writing:
+                        slot._reading = reading
+                        slot._write_armed = writing
+                        dirty[fd] = slot
+                else:
+                    if slot is not None:
+                        self.del_channel(slot)  # fd reused by another channel
+                    self.add_channel(_Slot(fd, obj, reading, writing))
+                if reading or writing:
+                    anyone = True
+            if len(self._channels) != len(entries):
+                # Some channel left the map without del_channel().
+                for fd, slot in list(self._channels.items()):
+                    obj = map.get(fd)
+                    if obj is None or slot.ref() is not obj:
+                        self.del_channel(slot)
+            return anyone
+
+        # -- the kernel --------------------------------------------------
+
+        def _kernel_mask(self, mask):
+            bits = 0
+            if mask & _READ:
+                bits |= _EPOLLIN | _EPOLLPRI
+            if mask & _WRITE:
+                bits |= _EPOLLOUT
+            if mask and not self.poll_mode:
+                # select() watches every fd it watches at all for
+                # exceptional conditions; poll2() only readable ones.
+                bits |= _EPOLLPRI
+            return bits
+
+        def _register(self, fd, mask):
+            try:
+                self._epoll.register(fd, self._kernel_mask(mask))
+            except PermissionError:
+                # A regular file: epoll refuses it, select() and poll()
+                # call it always ready. _wait() says so.
+                self._unpollable.add(fd)
+            except FileExistsError:
+                self._epoll.modify(fd, self._kernel_mask(mask))
+
+        def _modify(self, fd, old, new):
+            if fd in self._unpollable:
+                return
+            try:
+                self._epoll.modify(fd, self._kernel_mask(new))
+            except FileNotFoundError:
+                # The kernel dropped it (closed, and the number reused).
+                self._epoll.register(fd, self._kernel_mask(new))
+
+        def _unregister(self, fd, old):
+            if fd in self._unpollable:
+                self._unpollable.discard(fd)
+                return
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass  # closed already: the kernel forgot it by itself
+
+        def _lost_fd(self, fd, channel):
+            # Registering failed (EBADF): the fd was closed behind the
+            # dispatcher's back. Reported after this iteration's wait.
+            if self._channels.get(fd) is channel:
+                del self._channels[fd]
+            self._registered.pop(fd, None)
+            self._lost.append(channel)
+
+        def _wait(self, timeout):
+            if not (self._unpollable or self._lost):
+                return self._epoll.poll(-1 if timeout is None else timeout)
+            ready = None
+            if self._unpollable:
+                registered = self._registered
+                ready = []
+                for fd in self._unpollable:
+                    mask = registered.get(fd, 0)
+                    bits = (_EPOLLIN if mask & _READ else 0) | (
+                        _EPOLLOUT if mask & _WRITE else 0
+                    )
+                    if bits:
+                        ready.append((fd, bits))
+            if ready or self._lost:
+                timeout = 0.0
+            events = super()._wait(timeout)
+            if ready:
+                events = list(events)
+                events.extend(ready)
+            return events
+
+        def _mute(self, fd):
+            """Stop watching ``fd`` until its answers change (no spinning)."""
+            have = self._registered.pop(fd, 0)
+            if have:
+                self._unregister(fd, have)
+
+        # -- dispatch ----------------------------------------------------
+
+        def _dispatch(self, events):
+            map = self._map_now
+            channels = self._channels
+            waker_fd = self._waker_fd
+            if self.poll_mode:
+                for fd, bits in events:
+                    slot = channels.get(fd)
+                    if slot is None:
+                        if fd == waker_fd:
+                            self._waker.clear()
+                        continue
+                    obj = slot.ref()
+                    if obj is None or map.get(fd) is not obj:
+                        continue
+                    readwrite(obj, _epoll_to_poll(bits))
+                return len(events)
+            readers = []
+            writers = []
+            excepts = []
+            for fd, bits in events:
+                slot = channels.get(fd)
+                if slot is None:
+                    if fd == waker_fd:
+                        self._waker.clear()
+                    continue
+                hit = False
+                if bits & _SELECT_READ and slot._reading:
+                    readers.append(slot)
+                    hit = True
+                if bits & _SELECT_WRITE and slot._write_armed:
+                    writers.append(slot)
+                    hit = True
+                if bits & _SELECT_EXCEPT:
+                    excepts.append(slot)
+                    hit = True
+                if not hit:
+                    # A hang-up of an fd that only wants to write: select()
+                    # would not report it, and epoll would report it for
+                    # ever.
+                    self._mute(fd)
+            for batch, handler in ((readers, read), (writers, write), (excepts, _exception)):
+                for slot in batch:
+                    fd = slot._fileno
+                    if channels.get(fd) is not slot:
+                        continue  # closed (or replaced) earlier in this batch
+                    obj = slot.ref()
+                    if obj is None or map.get(fd) is not obj:
+                        continue
+                    handler(obj)
+            return len(events)
+
+        def _report_lost(self, map):
+            lost, self._lost = self._lost, []
+            for slot in lost:
+                obj = slot.ref()
+                if obj is not None and map.get(slot._fileno) is obj:
+                    readwrite(obj, select.POLLNVAL)
+
+        def __repr__(self):
+            mode = "poll" if self.poll_mode else "select"
+            return "<asyncore map poller (%s semantics) %s>" % (
+                mode,
+                "closed" if self._closed else "%d channels" % len(self._channels),
+            )
+
+else:  # no epoll here: loop() always takes the original path
+    _MapPoller = None
