@@ -22,6 +22,10 @@ own ``skipUnless``/``requires`` decorators produce) and exits non-zero when a
 test failed or errored. ``--all-pythons`` runs the same in each pyenv Python
 3.11, 3.12 and 3.13 that has the test module, one subprocess each, bounded by
 ``--timeout`` seconds.
+
+``--compat`` tests ``pike.compat.socketserver`` instead: the face that
+``pike.compat.install(socketserver=True)`` puts in ``sys.modules``, which is
+what the suite then imports.
 """
 
 import argparse
@@ -53,10 +57,17 @@ def inject(name="socketserver", path=MODULE_FILE):
     return module
 
 
-def run_one(test_module, verbosity):
+def inject_compat():
+    """Install pike.compat.socketserver as ``socketserver``, as an application would."""
+    import pike.compat
+
+    return pike.compat.install(socketserver=True)["socketserver"]
+
+
+def run_one(test_module, verbosity, compat=False):
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)  # pike itself must be importable
-    module = inject()
+    module = inject_compat() if compat else inject()
     import test.support
 
     # Outside regrtest the suite's own chatter is on; follow -v instead.
@@ -103,7 +114,7 @@ def _interpreters():
     return found
 
 
-def run_all(test_module, verbosity, timeout):
+def run_all(test_module, verbosity, timeout, compat=False):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         [ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -121,6 +132,8 @@ def run_all(test_module, verbosity, timeout):
             continue
         command = [python, os.path.abspath(__file__), test_module, "-v" * (verbosity > 1)]
         command = [c for c in command if c]
+        if compat:
+            command.append("--compat")
         try:
             proc = subprocess.run(
                 command, env=env, timeout=timeout, capture_output=True, text=True
@@ -149,14 +162,17 @@ def main(argv=None):
                         help="run in each pyenv Python 3.11, 3.12, 3.13")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds a run may take before it is failed")
+    parser.add_argument("--compat", action="store_true",
+                        help="test pike.compat.socketserver (as installed by "
+                             "pike.compat.install(socketserver=True))")
     args = parser.parse_args(argv)
     verbosity = 1 + args.verbose
     if args.all_pythons:
-        return run_all(args.test_module, verbosity, args.timeout)
+        return run_all(args.test_module, verbosity, args.timeout, args.compat)
     # A hung test must not hang the run: dump the stacks and exit.
     faulthandler.dump_traceback_later(args.timeout, exit=True)
     try:
-        return run_one(args.test_module, verbosity)
+        return run_one(args.test_module, verbosity, args.compat)
     finally:
         faulthandler.cancel_dump_traceback_later()
 

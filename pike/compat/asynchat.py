@@ -1,0 +1,349 @@
+"""A drop-in ``asynchat`` for code that outlived the standard library's.
+
+This module has the public API of Python 3.11's ``asynchat`` (removed from
+the standard library in 3.12): :class:`async_chat`, :class:`simple_producer`
+and :func:`find_prefix_at_end`, plus :class:`fifo`, the small queue class
+that older releases had (3.11 no longer does; it is here for code written
+against them). :func:`pike.compat.install` makes ``import asynchat`` find it.
+
+:class:`async_chat` is a :class:`pike.compat.asyncore.dispatcher`, so its
+channels live in asyncore's map and are driven by ``asyncore.loop()`` --
+with pike's epoll fast path where that loop takes it. Everything a caller
+can see follows the 3.11 module:
+
+* input framing by ``get_terminator()`` -- a ``bytes`` terminator, an
+  ``int`` count of bytes, or a false value (``None``, ``b""``, ``0``) for
+  "everything is data" -- asked afresh before every piece, so that
+  ``found_terminator()`` may change it and the rest of the input is framed
+  with the new one; a count goes down as data arrives and is 0 once reached;
+* ``collect_incoming_data()`` gets data as soon as it is known not to be
+  part of a terminator (only a possible terminator prefix at the end of the
+  input is held back), never an empty piece;
+* ``push()`` takes bytes-like objects only, splits them into
+  ``ac_out_buffer_size`` pieces and tries to send at once; producers are
+  asked for ``more()`` only when their turn comes; ``close_when_done()``
+  queues the close; ``initiate_send()`` makes one ``send()`` per call;
+* ``readable()`` is always true, ``writable()`` is true while output is
+  queued or the socket is not connected yet.
+
+The one difference is inside :meth:`async_chat.handle_read`: the original
+cuts the consumed part off the front of its input buffer after every frame,
+which copies the rest of the buffer each time (quadratic in the number of
+frames one ``recv()`` brings). Here the buffer is kept with a read position
+and ``ac_in_buffer`` is a property that shows (and replaces) exactly the
+unconsumed part, so a callback that reads or assigns it sees what it would
+see with the original, and one read of many short lines costs linear time.
+
+No buffer here grows without the application: the input buffer holds at
+most ``ac_in_buffer_size`` bytes plus a terminator prefix, and frame
+content goes to ``collect_incoming_data()`` as it arrives (where to keep
+it, and how much, is the application's choice, as with the original).
+:class:`pike.chat.Chat` is the native class with a frame-size limit.
+
+Written from the documented behaviour of the 3.11 module and its
+test-suite; no code is taken from it.
+"""
+
+from collections import deque
+
+from pike.compat import asyncore
+
+__all__ = ["async_chat", "simple_producer", "fifo", "find_prefix_at_end"]
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def find_prefix_at_end(haystack, needle):
+    """Length of the longest proper prefix of ``needle`` that ends ``haystack``.
+
+    ``find_prefix_at_end(b"qwerty\\r", b"\\r\\n") == 1``. Works on ``str``
+    as well as on ``bytes``.
+    """
+    size = len(needle) - 1
+    while size > 0:
+        if haystack.endswith(needle[:size]):
+            return size
+        size -= 1
+    return 0
+
+
+def _prefix_at_end_from(buf, start, needle):
+    """find_prefix_at_end() on ``buf[start:]``, without making the slice."""
+    size = min(len(needle) - 1, len(buf) - start)
+    while size > 0:
+        if buf.endswith(needle[:size], start):
+            return size
+        size -= 1
+    return 0
+
+
+class simple_producer:  # noqa: N801 - the asynchat name
+    """Hands out ``data`` in pieces of at most ``buffer_size`` bytes."""
+
+    def __init__(self, data, buffer_size=512):
+        self.data = data
+        self.buffer_size = buffer_size
+
+    def more(self):
+        data = self.data
+        size = self.buffer_size
+        if len(data) > size:
+            self.data = data[size:]
+            return data[:size]
+        self.data = b""
+        return data
+
+
+class fifo:  # noqa: N801 - the name older asynchat releases had
+    """A first-in first-out queue (older ``asynchat`` releases had it)."""
+
+    def __init__(self, list=None):  # noqa: A002 - the historical name
+        self.list = deque(list) if list else deque()
+
+    def __len__(self):
+        return len(self.list)
+
+    def is_empty(self):
+        return not self.list
+
+    def first(self):
+        return self.list[0]
+
+    def push(self, data):
+        self.list.append(data)
+
+    def pop(self):
+        """``(1, item)`` for the oldest item, or ``(0, None)`` when empty."""
+        if self.list:
+            return (1, self.list.popleft())
+        return (0, None)
+
+
+class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
+    """An asyncore channel that frames its input and queues its output.
+
+    Subclass it and define :meth:`collect_incoming_data` and
+    :meth:`found_terminator`; call :meth:`set_terminator` to say where a
+    frame ends and :meth:`push` / :meth:`push_with_producer` to send.
+    """
+
+    # Largest recv() and largest send(), in bytes.
+    ac_in_buffer_size = 65536
+    ac_out_buffer_size = 65536
+
+    # Set use_encoding to let str terminators and producer output be
+    # encoded with `encoding` (the original's knob; off by default).
+    use_encoding = 0
+    encoding = "latin-1"
+
+    # The input buffer is _ac_buf[_ac_pos:]; see the ac_in_buffer property.
+    _ac_buf = b""
+    _ac_pos = 0
+    terminator = None
+
+    def __init__(self, sock=None, map=None):
+        self.ac_in_buffer = b""
+        # Pieces of the current frame, for _collect_incoming_data/_get_data.
+        self.incoming = []
+        # Output: bytes-like pieces, producers, and None for "close here".
+        self.producer_fifo = deque()
+        asyncore.dispatcher.__init__(self, sock, map)
+
+    # -- the input buffer ------------------------------------------------
+
+    @property
+    def ac_in_buffer(self):
+        """The input received and not yet framed."""
+        pos = self._ac_pos
+        if pos:
+            return self._ac_buf[pos:]
+        return self._ac_buf
+
+    @ac_in_buffer.setter
+    def ac_in_buffer(self, data):
+        self._ac_buf = data
+        self._ac_pos = 0
+
+    # -- what the application defines --------------------------------------
+
+    def collect_incoming_data(self, data):
+        raise NotImplementedError("must be implemented in subclass")
+
+    def _collect_incoming_data(self, data):
+        self.incoming.append(data)
+
+    def _get_data(self):
+        data = b"".join(self.incoming)
+        del self.incoming[:]
+        return data
+
+    def found_terminator(self):
+        raise NotImplementedError("must be implemented in subclass")
+
+    # -- the terminator ---------------------------------------------------
+
+    def set_terminator(self, term):
+        """Set the input delimiter: bytes, an int count (>= 0), or None."""
+        if isinstance(term, str) and self.use_encoding:
+            term = bytes(term, self.encoding)
+        elif isinstance(term, int) and term < 0:
+            raise ValueError("the number of received bytes must be positive")
+        self.terminator = term
+
+    def get_terminator(self):
+        return self.terminator
+
+    # -- events -------------------------------------------------------------
+
+    def handle_read(self):
+        try:
+            data = self.recv(self.ac_in_buffer_size)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.handle_error()
+            return
+
+        if isinstance(data, str) and self.use_encoding:
+            data = bytes(data, self.encoding)
+        pos = self._ac_pos
+        if pos < len(self._ac_buf):
+            self._ac_buf = self._ac_buf[pos:] + data
+        else:
+            self._ac_buf = data
+        self._ac_pos = 0
+
+        # Every callback below may change the terminator, replace or clear
+        # ac_in_buffer (discard_buffers), or close the channel: the state is
+        # read back from self on every turn, as the original reads it.
+        while True:
+            buf = self._ac_buf
+            pos = self._ac_pos
+            left = len(buf) - pos
+            if left <= 0:
+                break
+            terminator = self.get_terminator()
+            if not terminator:
+                # No frame ends: everything is data.
+                self.collect_incoming_data(buf[pos:] if pos else buf)
+                self.ac_in_buffer = b""
+            elif isinstance(terminator, int):
+                if left < terminator:
+                    self.collect_incoming_data(buf[pos:] if pos else buf)
+                    self.ac_in_buffer = b""
+                    self.terminator = self.terminator - left
+                else:
+                    end = pos + terminator
+                    self.collect_incoming_data(buf[pos:end])
+                    self._ac_buf = buf
+                    self._ac_pos = end
+                    self.terminator = 0
+                    self.found_terminator()
+            else:
+                index = buf.find(terminator, pos)
+                if index != -1:
+                    if index > pos:
+                        self.collect_incoming_data(buf[pos:index])
+                    self._ac_buf = buf
+                    self._ac_pos = index + len(terminator)
+                    self.found_terminator()
+                else:
+                    keep = _prefix_at_end_from(buf, pos, terminator)
+                    if keep:
+                        if keep != left:
+                            # Deliver all but what may begin a terminator.
+                            self.collect_incoming_data(buf[pos:len(buf) - keep])
+                            self._ac_buf = buf
+                            self._ac_pos = len(buf) - keep
+                        break
+                    self.collect_incoming_data(buf[pos:] if pos else buf)
+                    self.ac_in_buffer = b""
+        # Let a big buffer go once it is all consumed.
+        if self._ac_pos and self._ac_pos >= len(self._ac_buf):
+            self.ac_in_buffer = b""
+
+    def handle_write(self):
+        self.initiate_send()
+
+    def handle_close(self):
+        self.close()
+
+    # -- output -------------------------------------------------------------
+
+    def push(self, data):
+        """Queue bytes-like ``data`` for sending and try to send now."""
+        if not isinstance(data, _BYTES_LIKE):
+            raise TypeError("data argument must be byte-ish (%r)" % type(data))
+        size = self.ac_out_buffer_size
+        fifo = self.producer_fifo
+        if len(data) > size:
+            for start in range(0, len(data), size):
+                fifo.append(data[start:start + size])
+        else:
+            fifo.append(data)
+        self.initiate_send()
+
+    def push_with_producer(self, producer):
+        """Queue a producer (an object with ``more()``) and try to send."""
+        self.producer_fifo.append(producer)
+        self.initiate_send()
+
+    def readable(self):
+        """Always true: input is framed as it comes."""
+        return 1
+
+    def writable(self):
+        """True while output is queued, or until the socket is connected."""
+        return self.producer_fifo or (not self.connected)
+
+    def close_when_done(self):
+        """Close the channel once everything queued so far has been sent."""
+        self.producer_fifo.append(None)
+
+    def initiate_send(self):
+        """Send from the head of the output queue: at most one ``send()``."""
+        fifo = self.producer_fifo
+        while fifo and self.connected:
+            first = fifo[0]
+            if not first:
+                # An empty piece, an exhausted producer's leftover, or None.
+                del fifo[0]
+                if first is None:
+                    self.handle_close()
+                    return
+                continue
+
+            size = self.ac_out_buffer_size
+            try:
+                data = first[:size]
+            except TypeError:
+                # A producer: ask it for more.
+                data = first.more()
+                if data:
+                    fifo.appendleft(data)
+                else:
+                    del fifo[0]
+                continue
+
+            if isinstance(data, str) and self.use_encoding:
+                data = bytes(data, self.encoding)
+
+            try:
+                sent = self.send(data)
+            except OSError:
+                self.handle_error()
+                return
+
+            if sent:
+                if sent < len(data) or size < len(first):
+                    fifo[0] = first[sent:]
+                else:
+                    del fifo[0]
+            # One send per call; the loop calls again when writable.
+            return
+
+    def discard_buffers(self):
+        """Drop the unframed input, the collected pieces and all queued output."""
+        self.ac_in_buffer = b""
+        del self.incoming[:]
+        self.producer_fifo.clear()
