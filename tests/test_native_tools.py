@@ -414,3 +414,158 @@ def test_loadgen_fails_when_nothing_listens(tools):
     status, result, _ = run_loadgen(tools, "--port", port, "--duration", 0.2, timeout=5)
     assert status == 1
     assert result["errors"] > 0
+
+
+# ---- loadgen --line ----
+
+
+class LineEchoServer:
+    """A threaded line echo server on 127.0.0.1: it answers only whole lines.
+
+    Bytes are held until a b"\\n" arrives and each complete line is then
+    sent back on its own, so a client whose messages do not end in b"\\n"
+    (or carry one early) stalls or misverifies. Every line seen is
+    recorded per connection in ``lines`` (bounded by ``keep``).
+    """
+
+    def __init__(self, keep=50):
+        self.keep = keep
+        self.lines = []          # [(connection index, line bytes)]
+        self.lock = threading.Lock()
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.listener.settimeout(0.05)
+        self.port = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._accept)]
+        self.threads[0].start()
+
+    def _accept(self):
+        index = 0
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn, index))
+            index += 1
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn, index):
+        conn.settimeout(0.05)
+        pending = b""
+        try:
+            while not self.stopping.is_set():
+                try:
+                    data = conn.recv(65536)
+                except socket.timeout:
+                    continue
+                if not data:
+                    return
+                pending += data
+                while b"\n" in pending:
+                    line, pending = pending.split(b"\n", 1)
+                    line += b"\n"
+                    with self.lock:
+                        if len(self.lines) < self.keep:
+                            self.lines.append((index, line))
+                    conn.sendall(line)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def close(self):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(5)
+        self.listener.close()
+
+
+def check_line_result(result, connections, size):
+    check_result(result, "pingpong", connections, size)
+    assert result["line"] is True
+    assert result["bytes"] == result["requests"] * size
+
+
+@pytest.mark.parametrize("size", [1, 2, 64, 5000])
+def test_line_mode_against_a_line_echo_server(tools, size):
+    server = LineEchoServer()
+    try:
+        status, result, err = run_loadgen(
+            tools, "--port", server.port, "--mode", "pingpong", "--line",
+            "--connections", 4, "--size", size, "--warmup", 0.1, "--duration", 0.4,
+            "--timeout", 2,
+        )
+    finally:
+        server.close()
+    assert status == 0, err
+    check_line_result(result, 4, size)
+    assert server.lines
+    for _, line in server.lines:
+        # exactly one b"\n", at the end: the server saw --size byte lines
+        assert len(line) == size
+        assert line.index(b"\n") == size - 1
+    if size >= 64:
+        # the connections' patterns differ (not a constant filler)
+        by_conn = {}
+        for index, line in server.lines:
+            by_conn.setdefault(index, line)
+        assert len(set(by_conn.values())) == len(by_conn)
+        assert all(len(set(line)) > 10 for line in by_conn.values())
+
+
+def test_line_mode_against_echo_ref(tools, echo_server):
+    _, port = echo_server
+    status, result, err = run_loadgen(
+        tools, "--port", port, "--line", "--connections", 20, "--size", 64,
+        "--warmup", 0.1, "--duration", 0.5,
+    )
+    assert status == 0, err
+    check_line_result(result, 20, 64)
+    # a message larger than one send/recv (IO_MAX) still verifies
+    status, result, err = run_loadgen(
+        tools, "--port", port, "--line", "--connections", 2, "--size", 300000,
+        "--warmup", 0.1, "--duration", 0.3,
+    )
+    assert status == 0, err
+    check_line_result(result, 2, 300000)
+
+
+def test_plain_pingpong_has_no_line_field(tools, echo_server):
+    _, port = echo_server
+    status, result, err = run_loadgen(
+        tools, "--port", port, "--connections", 2, "--size", 64,
+        "--warmup", 0.1, "--duration", 0.2,
+    )
+    assert status == 0, err
+    assert "line" not in result
+
+
+def test_line_mode_detects_corruption(tools):
+    server = BadServer("corrupt")
+    try:
+        status, result, err = run_loadgen(
+            tools, "--port", server.port, "--line", "--connections", 1,
+            "--size", 1024, "--warmup", 0.1, "--duration", 0.5,
+        )
+    finally:
+        server.close()
+    assert status == 1, err
+    assert result["errors"] > 0
+    assert "verification error at stream byte 3000" in result["error"]
+
+
+def test_line_mode_needs_pingpong(tools):
+    proc = subprocess.run(
+        [tools["loadgen"], "--port", "1", "--mode", "stream", "--line"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        timeout=RUN_TIMEOUT,
+    )
+    assert proc.returncode == 2
+    assert proc.stdout == b""
+    assert b"--line" in proc.stderr

@@ -5,7 +5,7 @@
  *           [--mode pingpong|stream] [--connections N] [--size BYTES]
  *           [--window BYTES] [--warmup SECONDS] [--duration SECONDS]
  *           [--idle N] [--timeout SECONDS] [--grace SECONDS]
- *           [--server-pid PID]
+ *           [--server-pid PID] [--line]
  *
  * Opens --idle idle connections first, then --connections active ones, and
  * drives the active ones from a single level-triggered epoll loop:
@@ -20,6 +20,12 @@
  * Every connection carries its own deterministic byte stream (a fixed
  * pseudo-random table read from a per-connection offset), so lost,
  * duplicated, reordered, corrupted or cross-connection bytes are caught.
+ *
+ *   --line    (pingpong only) makes every message a line for line-based
+ *             protocols: its last byte is '\n' and its other --size - 1
+ *             bytes are the connection's pattern with every '\n' replaced
+ *             by ' '. The echo is checked against exactly those bytes. The
+ *             JSON then also has "line": true.
  *
  * Only --warmup seconds after the last connection is up does the measured
  * window of --duration seconds start. After it, no new data is sent, the
@@ -106,13 +112,16 @@ struct options {
     double timeout;
     double grace;
     long server_pid;
+    int line;
 };
 
 static struct options opt;
 static struct conn *conns;
 static long total_conns;
 static unsigned char *pattern;       /* PAT_LEN + IO_MAX bytes */
+static unsigned char *line_pattern;  /* --line: pattern without '\n' */
 static unsigned char recv_buf[IO_MAX];
+static unsigned char line_buf[IO_MAX];   /* --line: bytes to send / expected */
 static int epfd = -1;
 static int phase = PH_CONNECT;
 static struct sockaddr_storage peer;
@@ -296,6 +305,8 @@ static void report(const char *error)
            opt.connections, opt.idle, opt.size,
            opt.mode == MODE_STREAM ? opt.window : 0L);
     json_string(opt.mode == MODE_STREAM ? "stream" : "pingpong");
+    if (opt.line)
+        printf(", \"line\": true");
     if (error) {
         printf(", \"error\": ");
         json_string(error);
@@ -355,6 +366,31 @@ static void conn_close(struct conn *c)
         open_active--;
 }
 
+/* --line: the `len` (<= IO_MAX) stream bytes of `c` from stream offset
+ * `off`, into line_buf: the '\n'-free pattern, with '\n' as the last byte
+ * of every --size byte message. */
+static const unsigned char *line_bytes(const struct conn *c, uint64_t off, size_t len)
+{
+    uint64_t size = (uint64_t)opt.size;
+    uint64_t end = off + len;
+    uint64_t nl;
+
+    memcpy(line_buf, line_pattern + (c->base + off) % PAT_LEN, len);
+    /* first message end at or after off: the byte at k * size - 1 */
+    nl = (off / size + 1) * size - 1;
+    for (; nl < end; nl += size)
+        line_buf[nl - off] = '\n';
+    return line_buf;
+}
+
+/* The `len` (<= IO_MAX) bytes connection `c` sends from stream offset `off`. */
+static const unsigned char *stream_bytes(const struct conn *c, uint64_t off, size_t len)
+{
+    if (opt.line)
+        return line_bytes(c, off, len);
+    return pattern + (c->base + off) % PAT_LEN;
+}
+
 /* Sends pattern bytes up to stream offset `limit`, in chunks of at most
  * `chunk`; waits for EPOLLOUT if the socket fills up. */
 static void pump(struct conn *c, uint64_t limit, size_t chunk)
@@ -362,13 +398,12 @@ static void pump(struct conn *c, uint64_t limit, size_t chunk)
     if (c->sent == c->rcvd && c->sent < limit)
         c->t_progress = now_ns();   /* the stall clock starts with new data */
     while (c->sent < limit) {
-        uint64_t pos = (c->base + c->sent) % PAT_LEN;
         uint64_t len = limit - c->sent;
         ssize_t n;
 
         if (len > chunk)
             len = chunk;
-        n = send(c->fd, pattern + pos, (size_t)len, MSG_NOSIGNAL);
+        n = send(c->fd, stream_bytes(c, c->sent, (size_t)len), (size_t)len, MSG_NOSIGNAL);
         if (n > 0) {
             c->sent += (uint64_t)n;
         } else if (n < 0 && errno == EINTR) {
@@ -415,7 +450,7 @@ static void on_readable(struct conn *c)
 {
     ssize_t n;
     int64_t now;
-    uint64_t pos;
+    const unsigned char *expected;
 
     n = recv(c->fd, recv_buf, sizeof recv_buf, 0);
     if (n < 0) {
@@ -430,14 +465,14 @@ static void on_readable(struct conn *c)
     if (c->rcvd + (uint64_t)n > c->sent)
         fail("connection %ld: received %" PRIu64 " bytes more than were sent",
              conn_id(c), c->rcvd + (uint64_t)n - c->sent);
-    pos = (c->base + c->rcvd) % PAT_LEN;
-    if (memcmp(recv_buf, pattern + pos, (size_t)n) != 0) {
+    expected = stream_bytes(c, c->rcvd, (size_t)n);
+    if (memcmp(recv_buf, expected, (size_t)n) != 0) {
         ssize_t i = 0;
-        while (i < n && recv_buf[i] == pattern[pos + (uint64_t)i])
+        while (i < n && recv_buf[i] == expected[i])
             i++;
         fail("connection %ld: verification error at stream byte %" PRIu64
              ": expected 0x%02x, got 0x%02x",
-             conn_id(c), c->rcvd + (uint64_t)i, pattern[pos + (uint64_t)i], recv_buf[i]);
+             conn_id(c), c->rcvd + (uint64_t)i, expected[i], recv_buf[i]);
     }
     c->rcvd += (uint64_t)n;
     now = now_ns();
@@ -539,7 +574,7 @@ static void usage(FILE *out)
             "usage: loadgen --port PORT [--host 127.0.0.1|::1] [--unix PATH]\n"
             "               [--mode pingpong|stream] [--connections N] [--size BYTES]\n"
             "               [--window BYTES] [--warmup S] [--duration S] [--idle N]\n"
-            "               [--timeout S] [--grace S] [--server-pid PID]\n"
+            "               [--timeout S] [--grace S] [--server-pid PID] [--line]\n"
             "\n"
             "  --host         127.0.0.1 (default) or ::1; nothing else is accepted\n"
             "  --port         server TCP port (required unless --unix)\n"
@@ -554,6 +589,8 @@ static void usage(FILE *out)
             "  --timeout      fail if an echo makes no progress this long (default 5)\n"
             "  --grace        time allowed for connecting and draining (default 5)\n"
             "  --server-pid   also report that process's CPU seconds in the window\n"
+            "  --line         pingpong: each message is a line ending in '\\n' (no other\n"
+            "                 '\\n' in it), for line-based echo servers\n"
             "\n"
             "Prints one JSON line. Exit 0 ok, 1 run-time failure, 2 bad arguments.\n");
 }
@@ -618,6 +655,10 @@ static void parse_args(int argc, char **argv)
             usage(stdout);
             exit(0);
         }
+        if (strcmp(arg, "--line") == 0) {   /* the one flag without a value */
+            opt.line = 1;
+            continue;
+        }
         if (strncmp(arg, "--", 2) != 0)
             bad_arg("unexpected argument '%s' (see --help)", arg);
         /* --name value, or --name=value */
@@ -665,6 +706,9 @@ static void parse_args(int argc, char **argv)
         else
             bad_arg("unknown option %s (see --help)", arg);
     }
+
+    if (opt.line && opt.mode != MODE_PINGPONG)
+        bad_arg("--line needs --mode pingpong");
 
     memset(&peer, 0, sizeof peer);
     if (opt.unix_path != NULL) {
@@ -736,6 +780,13 @@ static void fill_pattern(void)
     }
     /* slack so that any read of up to IO_MAX bytes is contiguous */
     memcpy(pattern + PAT_LEN, pattern, IO_MAX);
+    if (opt.line) {
+        line_pattern = malloc(PAT_LEN + IO_MAX);
+        if (line_pattern == NULL)
+            fail("out of memory");
+        for (i = 0; i < PAT_LEN + IO_MAX; i++)
+            line_pattern[i] = pattern[i] == '\n' ? ' ' : pattern[i];
+    }
 }
 
 static int64_t min64(int64_t a, int64_t b)
