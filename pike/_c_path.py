@@ -6,14 +6,14 @@ BlockingIOError is where the pure path loses time. Measured in user-space
 instructions per call (callgrind, CPython 3.11, 1 KiB messages; the
 ``bench/`` microbenchmarks time the same calls):
 
-=====================  ======  ======
-operation              python  c
-=====================  ======  ======
-send, would block      ~9400   ~5000
-recv, nothing to read  ~9000   ~3600
-recv, 1 KiB waiting    ~5100   ~6400
-write, kernel takes it ~6700   ~7400
-=====================  ======  ======
+======================  ======  ======
+operation               python  c
+======================  ======  ======
+send, would block       ~9400   ~5000
+recv, nothing to read   ~9000   ~3600
+recv, 1 KiB waiting     ~5100   ~6400
+write, kernel takes it  ~6700   ~7400
+======================  ======  ======
 
 A cffi call (plus building the bytes object, for recv) costs more than
 CPython's own socket methods when the system call succeeds, which is the
@@ -40,18 +40,20 @@ _c_send = lib.pike_send
 _from_buffer = ffi.from_buffer
 
 
-def _as_c_buffer(data):
-    # cffi passes bytes to ``const char *`` without a copy; other buffers
-    # (bytearray, memoryview...) need a view.
-    return data if type(data) is bytes else _from_buffer(data)
-
-
 def send(self, data):
     """C version of :meth:`Transport.send` (same contract)."""
     if self._queue:
         self.poller.defer_write(self)
         return 0
-    n = _c_send(self._fileno, _as_c_buffer(data), len(data))
+    if type(data) is bytes:
+        # cffi passes bytes to ``const char *`` without a copy.
+        n = _c_send(self._fileno, data, len(data))
+    else:
+        # Other buffers (bytearray, memoryview, array...) need a view, and
+        # their length in bytes: len() of an array or a cast memoryview
+        # counts items.
+        view = _from_buffer(data)
+        n = _c_send(self._fileno, view, len(view))
     if n >= 0:
         return n
     return self._c_send_failed(-n)

@@ -1,0 +1,161 @@
+"""Transport's raw I/O calls, pure Python against C.
+
+``send`` that would block is what the C path ships (``pike/_c_path.py``):
+it runs under both implementations. ``recv`` and ``write`` stay pure on
+both (under ``c`` they are the same pure methods, which the ``[c]`` rows
+confirm); the ``*_c_candidate`` benchmarks time the cffi versions that
+were tried and not shipped, so the table shows why.
+
+Single calls take about a microsecond, so the timed-per-call benchmarks
+that need an untimed set-up between calls (data to read, room to write)
+include the clock's own overhead, equally for both sides.
+"""
+
+import errno
+import socket
+
+import pytest
+
+from benchutil import drain, fill
+from pike.transport import Transport
+
+KIB = b"k" * 1024
+ROUNDS = 20000
+
+
+@pytest.fixture
+def transport(pair):
+    """A Transport on a poll poller over one end of ``pair``, and the peer."""
+    import pike
+
+    a, b = pair
+    poller = pike.make_poller("poll")
+    t = Transport(poller, a)
+    yield t, b
+    t.close()
+    poller.close()
+
+
+# -- the C candidates (what recv and write would be in C) ---------------------
+
+
+def c_recv_candidate(ffi, lib, size=262144):
+    """A cffi ``Transport.recv``: pike_recv into one reusable buffer."""
+    buf = ffi.new("char[]", size)
+    unpack = ffi.unpack
+    c_recv = lib.pike_recv
+    eagain = -errno.EAGAIN
+
+    def recv(self, bufsize):
+        n = c_recv(self._fileno, buf, bufsize if bufsize < size else size)
+        if n > 0:
+            return unpack(buf, n)
+        if n == eagain:
+            return b""
+        if n == 0:
+            if self.socket.type != socket.SOCK_DGRAM:
+                self._peer_eof()
+            return b""
+        raise OSError(-n, "recv failed")  # (the other errors: not timed here)
+
+    return recv
+
+
+def c_write_candidate(ffi, lib):
+    """A cffi ``Transport.write`` fast path: pike_send when nothing is queued."""
+    c_send = lib.pike_send
+    pure_write = Transport.write
+
+    def write(self, data):
+        if (
+            type(data) is not bytes
+            or self._queue
+            or self._write_state
+            or self.closed
+            or self.connecting
+        ):
+            return pure_write(self, data)
+        n = c_send(self._fileno, data, len(data))
+        if n == len(data):
+            return
+        return pure_write(self, data[max(n, 0):])  # the rest: queued as usual
+
+    return write
+
+
+# -- send that would block (shipped in C) ---------------------------------------
+
+
+def test_send_would_block(benchmark, implementation, transport):
+    t, peer = transport
+    fill(t.socket)
+    assert benchmark(t.send, KIB) == 0
+    assert t._write_armed
+
+
+# -- recv ----------------------------------------------------------------------------
+
+
+def _bench_recv_waiting(benchmark, recv, t, peer):
+    def one_kib_waiting():  # (a set-up must return None)
+        peer.send(KIB)
+
+    result = benchmark.pedantic(
+        recv,
+        args=(t, 65536),
+        setup=one_kib_waiting,
+        rounds=ROUNDS,
+        iterations=1,
+        warmup_rounds=100,
+    )
+    assert result == KIB
+
+
+def test_recv_1k_waiting(benchmark, implementation, transport):
+    t, peer = transport
+    assert Transport.recv.__module__ == "pike.transport"  # pure on both
+    _bench_recv_waiting(benchmark, Transport.recv, t, peer)
+
+
+def test_recv_1k_waiting_c_candidate(benchmark, accel, transport):
+    t, peer = transport
+    _bench_recv_waiting(benchmark, c_recv_candidate(*accel), t, peer)
+
+
+def test_recv_nothing_waiting(benchmark, implementation, transport):
+    t, peer = transport
+    assert benchmark(t.recv, 65536) == b""
+
+
+def test_recv_nothing_waiting_c_candidate(benchmark, accel, transport):
+    t, peer = transport
+    assert benchmark(c_recv_candidate(*accel), t, 65536) == b""
+
+
+# -- write that the kernel takes ---------------------------------------------------
+
+
+def _bench_write(benchmark, write, t, peer):
+    def room_to_write():
+        drain(peer)
+
+    benchmark.pedantic(
+        write,
+        args=(t, KIB),
+        setup=room_to_write,
+        rounds=ROUNDS,
+        iterations=1,
+        warmup_rounds=100,
+    )
+    assert not t._queue and drain(peer) == 1024
+
+
+def test_write_kernel_takes_it(benchmark, implementation, transport):
+    t, peer = transport
+    assert Transport.write.__module__ == "pike.transport"  # pure on both
+    _bench_write(benchmark, Transport.write, t, peer)
+
+
+def test_write_kernel_takes_it_c_candidate(benchmark, accel, transport):
+    t, peer = transport
+    _bench_write(benchmark, c_write_candidate(*accel), t, peer)
