@@ -3,7 +3,7 @@
 
 Usage::
 
-    PYTHONPATH=/work/main python scripts/bench_asynchat.py
+    PYTHONPATH=. python scripts/bench_asynchat.py
         [--conns 10,2000] [--seconds 3] [--size 64] [--python311 PATH]
         [--loadgen auto|c|python] [--no-pin] [--json FILE]
 

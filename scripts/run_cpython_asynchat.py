@@ -3,7 +3,7 @@
 
 Usage::
 
-    PYTHONPATH=/work/main python scripts/run_cpython_asynchat.py [-v]
+    PYTHONPATH=. python scripts/run_cpython_asynchat.py [-v]
         [--python PATH ...] [--suites asynchat,smtpd] [--no-baseline]
         [--no-shims] [--timeout SECONDS] [--json FILE]
 

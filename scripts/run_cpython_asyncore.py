@@ -3,7 +3,7 @@
 
 Usage::
 
-    PYTHONPATH=/work/main python scripts/run_cpython_asyncore.py [-v]
+    PYTHONPATH=. python scripts/run_cpython_asyncore.py [-v]
         [--python PATH ...] [--test-file PATH] [--modes fast,plain]
         [--no-baseline] [--no-shims] [--timeout SECONDS]
 

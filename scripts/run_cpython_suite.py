@@ -3,8 +3,8 @@
 
 Usage::
 
-    PYTHONPATH=/work/main python scripts/run_cpython_suite.py [TEST_MODULE] [-v]
-    PYTHONPATH=/work/main python scripts/run_cpython_suite.py --all-pythons
+    PYTHONPATH=. python scripts/run_cpython_suite.py [TEST_MODULE] [-v]
+    PYTHONPATH=. python scripts/run_cpython_suite.py --all-pythons
 
 ``TEST_MODULE`` (default ``test_socketserver``) is imported from the running
 interpreter's own ``test`` package, after ``pike/server/socketserver.py`` was
