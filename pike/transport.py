@@ -82,6 +82,16 @@ class Transport:
 
     def __init__(self, alternate_poller=None, sock=None):
         self.poller = alternate_poller if alternate_poller is not None else get_poller()
+        # The attributes every event reads live on the instance: CPython
+        # 3.11 cannot specialise an instance lookup that falls through to
+        # the class, and these are read several times per event.
+        self.socket = None
+        self._fileno = -1
+        self.connected = self.connecting = self.accepting = self.closed = False
+        self._reading = True
+        self._write_armed = False
+        self._queue = None
+        self._write_state = 0
         if sock is not None:
             self.set_socket(sock)
 
