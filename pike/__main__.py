@@ -1,7 +1,16 @@
-"""The command line: ``python -m pike {info,bench,echo}``."""
+"""The command line: ``python -m pike {info,bench,echo,spiro}``."""
 
 import argparse
+import importlib
 import sys
+
+# Subcommands with parsers of their own: everything after the name is
+# handed to their main(argv), since argparse here would eat their options.
+_HANDED_OVER = {
+    "bench": ("pike.bench.cli", "side-by-side echo benchmark"),
+    "echo": ("pike.server.cli", "run an echo server"),
+    "spiro": ("pike.spiro.cli", "remote interpreter sessions"),
+}
 
 
 def _info(args):
@@ -22,31 +31,18 @@ def _info(args):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    # bench and echo have parsers of their own; argparse here would eat
-    # their options.
-    if argv and argv[0] == "bench":
-        from pike.bench.cli import main as bench_main
-
-        return bench_main(argv[1:])
-    if argv and argv[0] == "echo":
-        from pike.server.cli import main as echo_main
-
-        return echo_main(argv[1:])
+    if argv and argv[0] in _HANDED_OVER:
+        module = importlib.import_module(_HANDED_OVER[argv[0]][0])
+        return module.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m pike", description=__doc__)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
     info = commands.add_parser("info", help="version, implementation, pollers")
     info.set_defaults(run=_info)
-    commands.add_parser(  # listed for --help; main() hands it over above
-        "bench",
-        help="side-by-side echo benchmark (python -m pike bench --help)",
-        add_help=False,
-    )
-    commands.add_parser(
-        "echo",
-        help="run an echo server (python -m pike echo --help)",
-        add_help=False,
-    )
+    for name, (_, summary) in _HANDED_OVER.items():
+        commands.add_parser(
+            name, help=f"{summary} (python -m pike {name} --help)", add_help=False
+        )
     args = parser.parse_args(argv)
     return args.run(args)
 

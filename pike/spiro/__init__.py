@@ -1,0 +1,28 @@
+"""SPIRO: remote interpreter sessions on pike.
+
+A :class:`SpiroServer` gives each client connection a Python namespace of
+its own on the server; :func:`connect` opens such a session. See
+``docs/spiro.rst`` for the protocol, the threading model and the security
+rules.
+"""
+
+from .client import Proxy, Session, callback, connect
+from .protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
+    AuthenticationError,
+    ProtocolError,
+    RemoteError,
+)
+from .server import SpiroServer
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "AuthenticationError",
+    "ProtocolError",
+    "Proxy",
+    "RemoteError",
+    "Session",
+    "SpiroServer",
+    "callback",
+    "connect",
+]
