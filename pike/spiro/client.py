@@ -7,7 +7,6 @@ their own: these nest on the one connection.
 """
 
 import functools
-import io
 import itertools
 import pickle
 import socket
@@ -144,11 +143,7 @@ class Session:
             raise AuthenticationError("the server did not prove that it holds the key")
 
     def _send(self, message):
-        out = io.BytesIO()
-        pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
-        pickler.persistent_id = self._persistent_id
-        pickler.dump(message)
-        body = out.getvalue()
+        body = protocol.dumps(message, self._persistent_id)
         if len(body) > self.max_frame_size:
             raise ValueError(
                 f"a message of {len(body)} bytes is over the frame limit ({self.max_frame_size})"
@@ -169,9 +164,7 @@ class Session:
     def _receive(self):
         body = self._read_frame(self.max_frame_size)
         try:
-            unpickler = pickle.Unpickler(io.BytesIO(body))
-            unpickler.persistent_load = self._persistent_load
-            message = unpickler.load()
+            message = protocol.loads(body, self._persistent_load)
         except Exception as exc:
             raise ProtocolError(f"a malformed message from the server ({exc!r:.200})") from None
         if type(message) is not tuple or not message:

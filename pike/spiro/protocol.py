@@ -41,7 +41,9 @@ server, ``("cb", cid)`` for a client callable (a callback on the server).
 import builtins
 import hashlib
 import hmac
+import io
 import os
+import pickle
 import struct
 import traceback
 
@@ -175,3 +177,35 @@ def decode_exception(info):
     exc.remote_traceback = text
     exc.add_note("--- remote traceback ---\n" + text.rstrip())
     return exc
+
+
+class _HookedPickler(pickle.Pickler):
+    # persistent_id as a method of a subclass: assigning it on an instance
+    # fails on CPython 3.13.0 (the attribute became read-only there).
+    def __init__(self, file, hook):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._hook = hook
+
+    def persistent_id(self, obj):
+        return self._hook(obj)
+
+
+class _HookedUnpickler(pickle.Unpickler):
+    def __init__(self, file, hook):
+        super().__init__(file)
+        self._hook = hook
+
+    def persistent_load(self, pid):
+        return self._hook(pid)
+
+
+def dumps(message, persistent_id):
+    """Pickle ``message``, naming objects ``persistent_id`` gives an id for."""
+    out = io.BytesIO()
+    _HookedPickler(out, persistent_id).dump(message)
+    return out.getvalue()
+
+
+def loads(body, persistent_load):
+    """Unpickle a message body, resolving ids with ``persistent_load``."""
+    return _HookedUnpickler(io.BytesIO(body), persistent_load).load()

@@ -18,7 +18,6 @@ import importlib
 import ipaddress
 import itertools
 import logging
-import io
 import pickle
 import queue
 import secrets
@@ -145,11 +144,7 @@ class _Session:
             raise _SessionClosed() from None
 
     def _dumps(self, message):
-        out = io.BytesIO()
-        pickler = pickle.Pickler(out, protocol=pickle.HIGHEST_PROTOCOL)
-        pickler.persistent_id = self._persistent_id
-        pickler.dump(message)
-        return out.getvalue()
+        return protocol.dumps(message, self._persistent_id)
 
     def _persistent_id(self, obj):
         kind = type(obj)
@@ -185,9 +180,7 @@ class _Session:
         if connection._paused:
             self.server.poller.call_soon_threadsafe(connection._maybe_resume)
         try:
-            unpickler = pickle.Unpickler(io.BytesIO(body))
-            unpickler.persistent_load = self._persistent_load
-            message = unpickler.load()
+            message = protocol.loads(body, self._persistent_load)
             if type(message) is not tuple or not message or message[0] not in _SHAPES:
                 raise ValueError("not a SPIRO message")
             if len(message) != _SHAPES[message[0]]:
