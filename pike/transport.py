@@ -11,8 +11,10 @@ Write notifications are armed by a pending connect, by a send that would
 block, by queued data, and by ``poller.defer_write(transport)``; each fires
 ``handle_write_event`` once. Connect success is read from ``SO_ERROR``.
 
-Most attributes that rarely change live on the class as defaults, so an
-idle connection's instance dict stays small.
+The attributes every event reads are set on the instance by ``__init__``;
+those that rarely change (water marks, the peer address, EOF and connect
+error records) live on the class as defaults, so an idle connection's
+instance dict stays small.
 """
 
 import errno
@@ -60,22 +62,12 @@ class Transport:
     #: back the second of two small writes for a round trip.
     tcp_nodelay = True
 
-    socket = None
     _addr = None
-    connected = False
-    connecting = False
-    accepting = False
-    closed = False
     #: True once the peer's EOF was seen (with ``half_close``).
     eof_received = False
     #: The OSError of a failed connect, once one failed.
     connect_error = None
 
-    _fileno = -1
-    _reading = True
-    _write_armed = False
-    _queue = None  # WriteQueue, made on first use
-    _write_state = 0  # 0 open, 1 EOF after drain, 2 shut, 3 close after drain
     _writing_paused = False
     _high_water = DEFAULT_HIGH_WATER
     _low_water = DEFAULT_HIGH_WATER // 4
@@ -90,8 +82,8 @@ class Transport:
         self.connected = self.connecting = self.accepting = self.closed = False
         self._reading = True
         self._write_armed = False
-        self._queue = None
-        self._write_state = 0
+        self._queue = None  # WriteQueue, made on first use
+        self._write_state = 0  # 0 open, 1 EOF after drain, 2 shut, 3 close after drain
         if sock is not None:
             self.set_socket(sock)
 

@@ -367,18 +367,28 @@ def _drive(conns, waiter, size, warmup, duration, stall_timeout, read_server_cpu
         "loadgen_cpu_pct": 100.0 * loadgen_cpu / window if window > 0 else None,
         "waiter": waiter.name,
         "server_cpu_source": server_cpu_source,
-        "server_cpu_s": None,
     }
-    if server_cpu0 is not None and server_cpu1 is not None:
-        result["server_cpu_s"] = server_cpu1 - server_cpu0
+    _add_cpu_figures(result, loadgen_cpu, (server_cpu0, server_cpu1), (system0, system1), window)
+    return result
+
+
+def _add_cpu_figures(result, loadgen_cpu, server_cpu, system, seconds):
+    """Fill in the server's CPU time and what other processes used.
+
+    ``server_cpu`` and ``system`` are (before, after) readings of the
+    measured window; a missing reading leaves its figures None.
+    """
+    result["server_cpu_s"] = None
+    if None not in server_cpu:
+        result["server_cpu_s"] = server_cpu[1] - server_cpu[0]
     result["other_cpu_pct"] = result["steal_pct"] = None
-    if system0 is not None and system1 is not None and window > 0:
+    system0, system1 = system
+    if system0 is not None and system1 is not None and seconds > 0:
         busy = system1[0] - system0[0]
         ours = loadgen_cpu + (result["server_cpu_s"] or 0.0)
         # Clock-tick granularity can make this slightly negative: clamp.
-        result["other_cpu_pct"] = max(0.0, 100.0 * (busy - ours) / window)
-        result["steal_pct"] = 100.0 * (system1[1] - system0[1]) / window
-    return result
+        result["other_cpu_pct"] = max(0.0, 100.0 * (busy - ours) / seconds)
+        result["steal_pct"] = 100.0 * (system1[1] - system0[1]) / seconds
 
 
 # -- streaming -----------------------------------------------------------------------
@@ -580,16 +590,8 @@ def _drive_stream(streams, waiter, size, window, warmup, duration, stall_timeout
         "loadgen_cpu_pct": 100.0 * loadgen_cpu / seconds if seconds > 0 else None,
         "waiter": waiter.name,
         "server_cpu_source": server_cpu_source,
-        "server_cpu_s": None,
     }
-    if server_cpu0 is not None and server_cpu1 is not None:
-        result["server_cpu_s"] = server_cpu1 - server_cpu0
-    result["other_cpu_pct"] = result["steal_pct"] = None
-    if system0 is not None and system1 is not None and seconds > 0:
-        busy = system1[0] - system0[0]
-        ours = loadgen_cpu + (result["server_cpu_s"] or 0.0)
-        result["other_cpu_pct"] = max(0.0, 100.0 * (busy - ours) / seconds)
-        result["steal_pct"] = 100.0 * (system1[1] - system0[1]) / seconds
+    _add_cpu_figures(result, loadgen_cpu, (server_cpu0, server_cpu1), (system0, system1), seconds)
     return result
 
 
