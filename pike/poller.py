@@ -25,8 +25,12 @@ Facts the code relies on:
 * EINTR is retried by Python itself (PEP 475) with the remaining timeout.
 
 The channel interface the poller uses: ``_fileno``, ``_reading`` (bool),
-``_write_armed`` (bool), ``handle_read_event()``, ``handle_write_event()``,
-``handle_close()``, ``handle_error()`` and ``close()``.
+``_write_armed`` (bool), ``_plain_read_event`` (bool), ``handle_read_event()``,
+``handle_write_event()``, ``handle_close()``, ``handle_error()`` and
+``close()``. ``_plain_read_event`` is a promise that ``handle_read_event()``
+is Transport's own: when it is true, the poller makes that method's
+decision itself (``handle_read()`` unless ``connecting`` or ``accepting``)
+and saves a Python call per read event; other channels set it False.
 """
 
 import collections
@@ -93,6 +97,8 @@ class Poller:
         fd = channel._fileno
         if fd < 0:
             raise ValueError(f"{channel!r} has no open socket")
+        if not hasattr(channel, "_plain_read_event"):
+            raise TypeError(f"{channel!r} is not a channel: no _plain_read_event")
         current = self._channels.get(fd)
         if current is not None and current is not channel:
             raise ValueError(f"fd {fd} is already watched by {current!r}")
@@ -195,9 +201,10 @@ class Poller:
             wait = 0.0
         else:
             wait = None if timeout is None else max(timeout, 0.0)
-            due = self._timers.next_delay()
-            if due is not None and (wait is None or due < wait):
-                wait = due
+            if self._timers._heap:  # (a call saved per iteration without timers)
+                due = self._timers.next_delay()
+                if due is not None and (wait is None or due < wait):
+                    wait = due
         if wait is not None and wait > _MAX_WAIT:
             wait = _MAX_WAIT  # the kernel's ms timeouts overflow at ~24 days
         events = self._wait(wait)
@@ -338,7 +345,14 @@ class Poller:
                 if bits & read_bits and channel._reading:
                     count += 1
                     try:
-                        channel.handle_read_event()
+                        # What Transport.handle_read_event would do, without
+                        # its frame: the most frequent call of the loop.
+                        if channel._plain_read_event and not (
+                            channel.connecting or channel.accepting
+                        ):
+                            channel.handle_read()
+                        else:
+                            channel.handle_read_event()
                     except (KeyboardInterrupt, SystemExit):
                         raise
                     except BaseException:

@@ -68,9 +68,18 @@ class Transport:
     #: The OSError of a failed connect, once one failed.
     connect_error = None
 
+    #: The poller may skip :meth:`handle_read_event` (see pike.poller): true
+    #: for every class that does not override it (``__init_subclass__``).
+    _PLAIN_READ_EVENT = True
+    _plain_read_event = False  # until __init__ copies the class's verdict
+
     _writing_paused = False
     _high_water = DEFAULT_HIGH_WATER
     _low_water = DEFAULT_HIGH_WATER // 4
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls._PLAIN_READ_EVENT = cls.handle_read_event is Transport.handle_read_event
 
     def __init__(self, alternate_poller=None, sock=None):
         self.poller = alternate_poller if alternate_poller is not None else get_poller()
@@ -84,6 +93,7 @@ class Transport:
         self._write_armed = False
         self._queue = None  # WriteQueue, made on first use
         self._write_state = 0  # 0 open, 1 EOF after drain, 2 shut, 3 close after drain
+        self._plain_read_event = self._PLAIN_READ_EVENT  # (a copy: as above)
         if sock is not None:
             self.set_socket(sock)
 
@@ -433,12 +443,8 @@ class Transport:
         if type(data) is not bytes:
             if type(data) is not bytearray:
                 data = memoryview(data).cast("B")  # so len() counts bytes
-        queue = self._queue
-        if queue or self.connecting:
-            if queue is None:
-                queue = self._queue = WriteQueue()
-            queue.append(data)
-            self._queued_more()
+        if self._queue or self.connecting:
+            self._enqueue(data)
             return
         try:
             sent = self.socket.send(data)
@@ -449,11 +455,15 @@ class Transport:
                 self.handle_close()
                 return
             raise
-        if sent == len(data):
-            return
+        if sent != len(data):
+            self._enqueue(data, sent)
+
+    def _enqueue(self, data, offset=0):
+        """Queue ``data[offset:]`` behind what is queued; arm the flush."""
+        queue = self._queue
         if queue is None:
             queue = self._queue = WriteQueue()
-        queue.append(data, sent)
+        queue.append(data, offset)
         self._queued_more()
 
     def writelines(self, buffers):

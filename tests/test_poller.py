@@ -434,6 +434,7 @@ class StubChannel:
 
     _reading = True
     _write_armed = False
+    _plain_read_event = False
 
     def __init__(self, fd):
         self._fileno = fd
@@ -464,6 +465,48 @@ def test_fd_watched_by_another_channel_is_refused(poller, pair):
     # The same channel again is fine.
     poller.add_channel(t)
     assert poller.channels() == [t]
+
+
+def test_object_without_the_channel_interface_is_refused(poller, pair):
+    class NotAChannel:
+        _fileno = pair[0].fileno()
+        _reading = True
+        _write_armed = False
+
+    with pytest.raises(TypeError, match="_plain_read_event"):
+        poller.add_channel(NotAChannel())
+    assert len(poller) == 0
+
+
+def test_overridden_handle_read_event_is_still_called(poller, pair):
+    """The poller calls handle_read() itself only for Transport's own
+    handle_read_event; an override (at class creation) keeps getting events."""
+
+    class Custom(Transport):
+        def handle_read_event(self):
+            self.events.append("read_event")
+            self.recv(100)
+
+        def handle_read(self):
+            self.events.append("read")
+
+    class Plain(Transport):
+        def handle_read(self):
+            self.events.append("read")
+            self.recv(100)
+
+    custom, plain = Custom(poller, pair[0]), Plain(poller, pair[1])
+    custom.events, plain.events = [], []
+    assert not custom._plain_read_event and plain._plain_read_event
+    pair[1].send(b"to custom")
+    pair[0].send(b"to plain")
+    deadline = time.monotonic() + 5
+    while not (custom.events and plain.events) and time.monotonic() < deadline:
+        poller.poll(0.05)
+    assert custom.events == ["read_event"]
+    assert plain.events == ["read"]
+    custom.close()
+    plain.close()
 
 
 def test_channel_without_socket_is_refused(poller):

@@ -826,6 +826,7 @@ class _Slot:
     """
 
     __slots__ = ("_fileno", "_reading", "_write_armed", "ref")
+    _plain_read_event = False
 
     def __init__(self, fd, obj, reading, writing):
         self._fileno = fd

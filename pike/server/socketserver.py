@@ -70,6 +70,7 @@ class _Readiness:
 
     _reading = True
     _write_armed = False
+    _plain_read_event = False
 
     def __init__(self, fd):
         self._fileno = fd

@@ -61,6 +61,7 @@ class _ChildWatch:
 
     _reading = True
     _write_armed = False
+    _plain_read_event = False
 
     def __init__(self, pidfd, on_exit):
         self._fileno = pidfd
