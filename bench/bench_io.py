@@ -1,10 +1,10 @@
 """Transport's raw I/O calls, pure Python against C.
 
-``send`` that would block is what the C path ships (``pike/_c_path.py``):
-it runs under both implementations. ``recv`` and ``write`` stay pure on
-both (under ``c`` they are the same pure methods, which the ``[c]`` rows
-confirm); the ``*_c_candidate`` benchmarks time the cffi versions that
-were tried and not shipped, so the table shows why.
+``send`` and ``write`` are what the C path ships (``pike/_c_path.py``):
+they run under both implementations. ``recv`` stays pure on both (under
+``c`` it is the same pure method, which the ``[c]`` rows confirm); the
+``*_c_candidate`` benchmarks time the cffi ``recv`` that was tried and not
+shipped, so the table shows why.
 
 Single calls take about a microsecond, so the timed-per-call benchmarks
 that need an untimed set-up between calls (data to read, room to write)
@@ -36,7 +36,7 @@ def transport(pair):
     poller.close()
 
 
-# -- the C candidates (what recv and write would be in C) ---------------------
+# -- the C candidate (what recv would be in C) -----------------------------------
 
 
 def c_recv_candidate(ffi, lib, size=262144):
@@ -59,28 +59,6 @@ def c_recv_candidate(ffi, lib, size=262144):
         raise OSError(-n, "recv failed")  # (the other errors: not timed here)
 
     return recv
-
-
-def c_write_candidate(ffi, lib):
-    """A cffi ``Transport.write`` fast path: pike_send when nothing is queued."""
-    c_send = lib.pike_send
-    pure_write = Transport.write
-
-    def write(self, data):
-        if (
-            type(data) is not bytes
-            or self._queue
-            or self._write_state
-            or self.closed
-            or self.connecting
-        ):
-            return pure_write(self, data)
-        n = c_send(self._fileno, data, len(data))
-        if n == len(data):
-            return
-        return pure_write(self, data[max(n, 0):])  # the rest: queued as usual
-
-    return write
 
 
 # -- send that would block (shipped in C) ---------------------------------------
@@ -152,10 +130,4 @@ def _bench_write(benchmark, write, t, peer):
 
 def test_write_kernel_takes_it(benchmark, implementation, transport):
     t, peer = transport
-    assert Transport.write.__module__ == "pike.transport"  # pure on both
     _bench_write(benchmark, Transport.write, t, peer)
-
-
-def test_write_kernel_takes_it_c_candidate(benchmark, accel, transport):
-    t, peer = transport
-    _bench_write(benchmark, c_write_candidate(*accel), t, peer)

@@ -1,26 +1,26 @@
-"""The C implementation of Transport's would-block-prone I/O methods.
+"""The C implementation of Transport's per-call I/O methods.
 
 Only what measured faster than the pure path lives here. The C functions
-return ``-errno`` instead of raising, and building and catching a
-BlockingIOError is where the pure path loses time. Measured in user-space
-instructions per call (callgrind, CPython 3.11, 1 KiB messages; the
-``bench/`` microbenchmarks time the same calls):
+return ``-errno`` instead of raising (building and catching a
+BlockingIOError is where the pure path loses most), and the accelerator's
+wrappers keep the GIL (see ``pike/_accel_build.py``), which saves ~400
+instructions a call over a socket method, which releases and retakes it.
+User-space instructions per call (``python bench/callgrind_io.py``,
+callgrind, CPython 3.11, 1 KiB messages; compare within a row):
 
-======================  ======  ======
-operation               python  c
-======================  ======  ======
-send, would block       ~9400   ~5000
-recv, nothing to read   ~9000   ~3600
-recv, 1 KiB waiting     ~5100   ~6400
-write, kernel takes it  ~6700   ~7400
-======================  ======  ======
+======================  ======  ======  ============
+operation               python  c       c candidate
+======================  ======  ======  ============
+send, would block       8766    3638
+recv, nothing to read   8449    8449    2262
+recv, 1 KiB waiting     4318    4318    5360
+write, kernel takes it  4761    4542
+======================  ======  ======  ============
 
-A cffi call (plus building the bytes object, for recv) costs more than
-CPython's own socket methods when the system call succeeds, which is the
-common case for ``recv`` (called when the poller said readable) and for
-``write`` (the kernel usually takes the data): those stay pure. ``send``
-is the raw API that asyncore-style code calls in a loop until it returns
-0, so every such loop ends in a would-block: it uses C.
+``send`` and ``write`` are in C. ``recv`` is not: its result must become a
+bytes object, and making one from C memory through cffi costs more than
+the whole of CPython's ``socket.recv``. The case the candidate wins,
+nothing to read, is rare: the poller calls ``recv`` when the fd is readable.
 
 :func:`install` puts these methods on :class:`pike.transport.Transport`
 (subclasses inherit them); :func:`uninstall` restores the pure ones. The
@@ -59,6 +59,37 @@ def send(self, data):
     return self._c_send_failed(-n)
 
 
+def write(self, data):
+    """C version of :meth:`Transport.write` (same contract)."""
+    if not data:
+        return
+    if self._write_state or self.closed or self.socket is None:
+        self._check_writable()  # raises
+    if type(data) is bytes:
+        buf = data
+        size = len(data)
+    else:
+        if type(data) is not bytearray:
+            data = memoryview(data).cast("B")  # so offsets count bytes
+        buf = _from_buffer(data)
+        size = len(buf)
+    if self._queue or self.connecting:
+        self._enqueue(data)
+        return
+    sent = _c_send(self._fileno, buf, size)
+    if sent == size:
+        return
+    if sent < 0:
+        err = -sent
+        if err in CONNECTION_LOST_ERRNOS:
+            self.handle_close()
+            return
+        if err != _EAGAIN and err != _EWOULDBLOCK:
+            raise OSError(err, os.strerror(err))
+        sent = 0
+    self._enqueue(data, sent)
+
+
 def _c_send_failed(self, err):
     if err == _EAGAIN or err == _EWOULDBLOCK:
         self.poller.defer_write(self)
@@ -73,6 +104,7 @@ def _c_send_failed(self, err):
 
 _C_METHODS = {
     "send": send,
+    "write": write,
     "_c_send_failed": _c_send_failed,
 }
 _saved = {}

@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -652,6 +653,18 @@ def test_select_implementation_switches_send_and_back(restore_implementation):
     assert Transport.send is pure_send and pike.IMPLEMENTATION == "python"
 
 
+# Buffers of each kind Transport's writers take; len() of an array or a cast
+# memoryview counts items, not bytes.
+BUFFERS = [
+    b"bytes",
+    bytearray(b"bytearray"),
+    memoryview(b"memoryview"),
+    array.array("i", [1, 2, 3]),
+    memoryview(b"abcdefgh").cast("I"),
+]
+BUFFER_IDS = ["bytes", "bytearray", "memoryview", "array", "cast-memoryview"]
+
+
 # -- the C Transport.send against the pure one ----------------------------------------
 
 
@@ -683,17 +696,7 @@ def transport_pair(impl):
     poller.close()
 
 
-@pytest.mark.parametrize(
-    "data",
-    [
-        b"bytes",
-        bytearray(b"bytearray"),
-        memoryview(b"memoryview"),
-        array.array("i", [1, 2, 3]),
-        memoryview(b"abcdefgh").cast("I"),
-    ],
-    ids=["bytes", "bytearray", "memoryview", "array", "cast-memoryview"],
-)
+@pytest.mark.parametrize("data", BUFFERS, ids=BUFFER_IDS)
 def test_transport_send_counts_bytes(transport_pair, data):
     # len() of an array or a cast memoryview counts items, not bytes.
     transport, peer = transport_pair
@@ -734,3 +737,63 @@ def test_transport_send_after_close_raises_ebadf(transport_pair):
     with pytest.raises(OSError) as info:
         transport.send(b"x")
     assert info.value.errno == errno.EBADF
+
+
+# -- the C Transport.write against the pure one ---------------------------------------
+
+
+@pytest.mark.parametrize("data", BUFFERS, ids=BUFFER_IDS)
+def test_transport_write_sends_every_byte(transport_pair, data):
+    transport, peer = transport_pair
+    expected = bytes(memoryview(data))
+    transport.write(data)
+    assert transport.get_write_buffer_size() == 0
+    assert peer.recv(100) == expected
+
+
+def test_transport_write_queues_what_the_kernel_did_not_take(transport_pair):
+    transport, peer = transport_pair
+    data = bytes(range(256)) * 16384  # 4 MiB: more than a socketpair holds
+    transport.write(bytearray(data))
+    queued = transport.get_write_buffer_size()
+    assert 0 < queued < len(data)
+    assert transport._write_armed
+    transport.write(b"tail")  # goes behind the queue, never around it
+    assert transport.get_write_buffer_size() == queued + 4
+    received = bytearray()
+    deadline = time.monotonic() + 10
+    while len(received) < len(data) + 4 and time.monotonic() < deadline:
+        try:
+            received += peer.recv(1 << 20)
+        except BlockingIOError:
+            transport.poller.poll(0.01)
+    assert bytes(received) == data + b"tail"
+    assert transport.get_write_buffer_size() == 0
+
+
+def test_transport_write_to_closed_peer_closes(transport_pair):
+    transport, peer = transport_pair
+    peer.close()
+    transport.write(b"x")
+    assert transport.closes == 1 and transport.closed
+
+
+def test_transport_write_raises_other_errors_unchanged(impl):
+    # A datagram larger than UDP allows: EMSGSIZE is the caller's mistake,
+    # not a lost connection, so both implementations raise it.
+    poller = pike.make_poller("poll")
+    receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        receiver.bind(("127.0.0.1", 0))
+        sender.connect(receiver.getsockname())
+        transport = Transport(poller, sender)
+        with pytest.raises(OSError) as info:
+            transport.write(b"x" * 70000)
+        assert info.value.errno == errno.EMSGSIZE
+        assert not transport.closed
+        transport.close()
+    finally:
+        sender.close()
+        receiver.close()
+        poller.close()
