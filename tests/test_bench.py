@@ -272,6 +272,20 @@ def test_stream_mode(procs, which):
     assert run["loadgen"] == which
 
 
+def test_py_floor_streams_through_partial_sends(procs):
+    """The yardstick loop must be a correct echo too: with 1 MiB in flight
+    and 64 KiB writes its sends come up short, and every byte is checked."""
+    if "py-floor" not in servers.available_kinds(native=False):
+        pytest.skip("py-floor needs select.epoll")
+    gen = runner.Loadgen.choose()[0]
+    run = runner.run_once(
+        procs, runner.ServerSpec("py-floor"), 2, 65536, 0.05, 0.5,
+        loadgen=gen, mode="stream", window=1 << 20,
+    )
+    assert "error" not in run, run.get("error")
+    _check_stream_run(run, 2, 65536)
+
+
 def test_python_stream_checks_every_byte(pike_server):
     result = loadgen.run_stream(
         pike_server.port, connections=2, size=3000, window=20000, warmup=0.05, duration=0.3

@@ -1,7 +1,8 @@
 """``python -m pike bench``: the side-by-side echo benchmark.
 
 Runs every echo server (pike on each poller and implementation, asyncio,
-uvloop and asyncore where available, and the C reference server ``c-ref``)
+uvloop and asyncore where available, the bare Python loop ``py-floor``, and
+the C reference server ``c-ref``)
 against the same load generator (the C one where it builds), and prints a
 table per case. Progress goes to stderr, the tables to stdout.
 """

@@ -25,6 +25,11 @@ Kinds:
   ``dispatcher_with_send`` for buffered echoing, looping over ``poll()``
   where the platform has it (``select()`` cannot watch fds past 1023, which
   the scalability mode needs).
+* ``py-floor``: not a framework but a yardstick: the cheapest correct echo
+  loop Python code can run (``select.epoll``, ``recv``, ``send`` and a dict
+  of sockets, nothing else; Linux). Any Python-level callback framework
+  pays at least this per request; its distance to ``c-ref`` is the price
+  of the interpreter itself.
 * ``c-ref``: the C epoll reference server ``echo_ref``, compiled from the
   project's own source by :mod:`pike.bench.native`. It is not served by this
   module: the runner starts the executable itself (it prints its port
@@ -54,7 +59,8 @@ HOST = "127.0.0.1"
 RECV_SIZE = 65536
 
 PIKE_POLLERS = ("epoll", "kqueue", "poll", "select")
-OTHER_KINDS = ("asyncio", "uvloop", "asyncore")
+PY_FLOOR = "py-floor"
+OTHER_KINDS = ("asyncio", "uvloop", "asyncore", PY_FLOOR)
 #: The C reference server: started by the runner, not by this module.
 C_REF = "c-ref"
 NATIVE_KINDS = (C_REF,)
@@ -108,6 +114,8 @@ def available_kinds(native=True):
         kinds.append("uvloop")
     if _asyncore_available():
         kinds.append("asyncore")
+    if hasattr(select, "epoll"):
+        kinds.append(PY_FLOOR)
     if native and c_ref_unavailable() is None:
         kinds.append(C_REF)
     return kinds
@@ -346,6 +354,99 @@ def serve_asyncore(port, ready_fd):
         asyncore.close_all()
 
 
+# -- the floor of a Python echo loop ------------------------------------------
+
+
+def serve_python_floor(port, ready_fd):
+    """Echo with ``select.epoll`` and socket calls only (see ``py-floor``)."""
+    ep = select.epoll()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((HOST, port))
+    listener.listen(socket.SOMAXCONN)
+    listener.setblocking(False)
+    listen_fd = listener.fileno()
+    ep.register(listen_fd, select.EPOLLIN)
+    conns = {}  # fd -> socket
+    unsent = {}  # fd -> bytes the kernel did not take yet (EPOLLOUT armed)
+
+    def close(fd):
+        ep.unregister(fd)
+        conns.pop(fd).close()
+        unsent.pop(fd, None)
+
+    def accept_some():
+        for _ in range(ACCEPTS_PER_EVENT):
+            try:
+                sock, _addr = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    return
+                raise
+            sock.setblocking(False)
+            _nodelay(sock)
+            conns[sock.fileno()] = sock
+            ep.register(sock.fileno(), select.EPOLLIN)
+
+    def send_unsent(fd, sock):
+        try:
+            n = sock.send(unsent[fd])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            close(fd)
+            return
+        rest = unsent[fd][n:]
+        if rest:
+            unsent[fd] = rest
+        else:
+            del unsent[fd]
+            ep.modify(fd, select.EPOLLIN)
+
+    _exit_on_signals()
+    _announce(
+        {"kind": PY_FLOOR, "port": listener.getsockname()[1], "pid": os.getpid()},
+        ready_fd,
+    )
+    try:
+        while True:
+            for fd, _bits in ep.poll():
+                sock = conns.get(fd)
+                if sock is None:
+                    if fd == listen_fd:
+                        accept_some()
+                    continue  # closed earlier in this batch
+                if fd in unsent:
+                    send_unsent(fd, sock)
+                    continue
+                try:
+                    data = sock.recv(RECV_SIZE)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    close(fd)
+                    continue
+                try:
+                    n = sock.send(data)
+                except (BlockingIOError, InterruptedError):
+                    n = 0
+                except OSError:
+                    close(fd)
+                    continue
+                if n < len(data):
+                    unsent[fd] = data[n:]
+                    ep.modify(fd, select.EPOLLOUT)
+    finally:
+        for sock in conns.values():
+            sock.close()
+        listener.close()
+        ep.close()
+
+
 # -- entry point ----------------------------------------------------------------
 
 
@@ -362,6 +463,8 @@ def serve(kind, port=0, ready_fd=None, impl=None):
         serve_asyncio(port, ready_fd, use_uvloop=True)
     elif kind == "asyncore":
         serve_asyncore(port, ready_fd)
+    elif kind == PY_FLOOR:
+        serve_python_floor(port, ready_fd)
     elif kind == C_REF:
         raise SystemExit("c-ref is the native echo_ref executable: the runner starts it")
     else:
