@@ -75,7 +75,7 @@ def read_port(stdout, proc):
 def count(label, seconds, valgrind, control, loadgen, workdir):
     """(instructions, requests) of one server under callgrind."""
     argv, extra_env = server_command(label)
-    out = os.path.join(workdir, "callgrind.out")
+    out = os.path.join(workdir, "callgrind.out." + label.replace(":", "-"))
     env = dict(os.environ, PYTHONPATH=ROOT, **extra_env)
     proc = subprocess.Popen(
         [valgrind, "--tool=callgrind", "--instr-atstart=no",
@@ -99,14 +99,17 @@ def count(label, seconds, valgrind, control, loadgen, workdir):
     finally:
         proc.terminate()
         try:
-            _, stderr = proc.communicate(timeout=60)
+            # Under valgrind, exit and the final dump take a while.
+            _, stderr = proc.communicate(timeout=300)
         except subprocess.TimeoutExpired:
             proc.kill()
             _, stderr = proc.communicate()
-    totals = [line for line in open(out) if line.startswith("totals:")]
-    if not totals:
+    # The dump ends with "totals:"; a dump cut short still has "summary:".
+    with open(out) as dump:
+        lines = [line for line in dump if line.startswith(("totals:", "summary:"))]
+    if not lines:
         raise RuntimeError(f"{label}: no callgrind totals: {stderr.decode()[-2000:]}")
-    return int(totals[-1].split()[1]), int(report["requests"])
+    return int(lines[-1].split()[1]), int(report["requests"])
 
 
 def main(argv=None):
