@@ -87,6 +87,10 @@ class Poller:
         self._forked_away = False
         self._waker = Waker()
         self._waker_fd = self._waker.fileno()
+        # Copies of the class's event bits: read every iteration, and 3.11
+        # only specialises lookups that the instance itself answers.
+        self._read_bits = self._READ_EVENTS
+        self._write_bits = self._WRITE_EVENTS
         _live_pollers.add(self)
 
     # -- channels ---------------------------------------------------------
@@ -197,16 +201,10 @@ class Poller:
             self._check_usable()
         if self._dirty:
             self._apply_interest()
-        if self._callbacks:
-            wait = 0.0
+        if timeout is None and not self._callbacks and not self._timers._heap:
+            wait = None  # a busy server's every iteration: nothing to work out
         else:
-            wait = None if timeout is None else max(timeout, 0.0)
-            if self._timers._heap:  # (a call saved per iteration without timers)
-                due = self._timers.next_delay()
-                if due is not None and (wait is None or due < wait):
-                    wait = due
-        if wait is not None and wait > _MAX_WAIT:
-            wait = _MAX_WAIT  # the kernel's ms timeouts overflow at ~24 days
+            wait = self._next_wait(timeout)
         events = self._wait(wait)
         count = self._dispatch(events) if events else 0
         if self._timers._heap:
@@ -214,6 +212,18 @@ class Poller:
         if self._callbacks:
             count += self._run_callbacks()
         return count
+
+    def _next_wait(self, timeout):
+        """How long the next wait may last: ``timeout``, capped by timers."""
+        if self._callbacks:
+            return 0.0
+        wait = None if timeout is None else max(timeout, 0.0)
+        due = self._timers.next_delay()
+        if due is not None and (wait is None or due < wait):
+            wait = due
+        if wait is not None and wait > _MAX_WAIT:
+            wait = _MAX_WAIT  # the kernel's ms timeouts overflow at ~24 days
+        return wait
 
     def loop(self, timeout=None, count=None):
         """Run iterations until one of these ends it.
@@ -329,8 +339,8 @@ class Poller:
     def _dispatch(self, events):
         channels = self._channels
         stale = self._stale
-        read_bits = self._READ_EVENTS
-        write_bits = self._WRITE_EVENTS
+        read_bits = self._read_bits
+        write_bits = self._write_bits
         count = 0
         self._dispatching = True
         try:
@@ -574,8 +584,9 @@ if hasattr(select, "epoll"):
             self._epoll.unregister(fd)
 
         def _wait(self, timeout):
-            # epoll takes seconds and rounds up to whole milliseconds itself.
-            return self._epoll.poll(-1 if timeout is None else timeout)
+            # epoll takes seconds (None: no limit) and rounds up to whole
+            # milliseconds itself.
+            return self._epoll.poll(timeout)
 
         def _close_kernel(self):
             self._epoll.close()
