@@ -631,6 +631,38 @@ def test_summary_medians_and_ratios():
     assert report.has_failures(results)
 
 
+def test_ratios_to_c_ref_round_by_round():
+    """Each round pairs a server with the c-ref run beside it in time: the
+    spread of those ratios is in the summary and in a note under the table."""
+    case = {"mode": "pingpong", "connections": 1, "size": 1024, "runs": []}
+    # c-ref is twice as fast as pike in rounds 1 and 3; in round 2 the
+    # machine slowed both, pike more; in round 4 pike failed.
+    for round_no, pike_cpu, ref_cpu in ((1, 20.0, 10.0), (2, 36.0, 12.0), (3, 22.0, 11.0)):
+        case["runs"].append(_fake_run("pike-epoll:c", 1e6 / pike_cpu, pike_cpu, round_no, "c"))
+        case["runs"].append(_fake_run("c-ref", 1e6 / ref_cpu, ref_cpu, round_no, "c"))
+    case["runs"].append({"server": "pike-epoll:c", "round": 4, "error": "boom"})
+    case["runs"].append(_fake_run("c-ref", 1e5, 10.0, 4, "c"))
+    summary = report.summarize_case(case)
+    spread = summary["pike-epoll:c"]["per_round_vs_c_ref"]["cpu"]
+    assert spread == {"median": pytest.approx(2.0), "min": pytest.approx(2.0),
+                      "max": pytest.approx(3.0), "rounds": 3}
+    assert summary["c-ref"]["per_round_vs_c_ref"]["cpu"]["max"] == pytest.approx(1.0)
+    text = report.format_case(case)
+    assert "CPU vs c-ref round by round" in text
+    assert "pike-epoll:c 2.00 (2.00-3.00)" in text
+    assert "c-ref 1.00" not in text  # the reference against itself says nothing
+
+
+def test_no_round_by_round_ratios_without_c_ref():
+    case = {"mode": "pingpong", "connections": 1, "size": 1024, "runs": [
+        _fake_run("pike-epoll:c", 5e4, 20.0, 1, "c"),
+        _fake_run("pike-epoll:c", 5e4, 20.0, 2, "c"),
+    ]}
+    summary = report.summarize_case(case)
+    assert "per_round_vs_c_ref" not in summary["pike-epoll:c"]
+    assert "round by round" not in report.format_case(case)
+
+
 def test_stream_and_scale_summaries():
     results = _fake_results()
     stream = results["cases"][1]["summary"]

@@ -157,11 +157,73 @@ def summarize_case(case, servers=None, baseline="asyncio", reference=REFERENCE):
                 ratios[short] = value
             if ref_row is not None:
                 row["vs"][name] = ratios
+    if "c_ref" in present:
+        _add_per_round_ratios(case, summary, reference)
     case["summary"] = summary
     case["baseline_server"] = baseline
     case["baseline"] = present.get("baseline")
     case["reference"] = present.get("c_ref")
     return summary
+
+
+def _add_per_round_ratios(case, summary, reference):
+    """Each row's ratios to ``reference`` round by round: ``per_round_vs_c_ref``.
+
+    The servers of one round run one after another, so a round's ratio
+    compares neighbours in time; on a shared machine its spread over the
+    rounds shows how far the median ratio can be trusted. Only rows with at
+    least two rounds paired with a good reference round get it.
+    """
+    mode = case_mode(case)
+    paths = dict(MEDIAN_FIELDS[mode])
+
+    def by_round(label, path):
+        values = {}
+        for run in case["runs"]:
+            if run.get("server") == label and "error" not in run and "skipped" not in run:
+                value = _dig(run, path)
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    values[run.get("round")] = value
+        return values
+
+    for label, row in summary.items():
+        spreads = {}
+        for short, field in RATIO_FIELDS[mode]:
+            mine = by_round(label, paths[field])
+            theirs = by_round(reference, paths[field])
+            ratios = sorted(
+                mine[r] / theirs[r] for r in mine if r is not None and theirs.get(r)
+            )
+            if len(ratios) >= 2:
+                spreads[short] = {
+                    "median": statistics.median(ratios),
+                    "min": ratios[0],
+                    "max": ratios[-1],
+                    "rounds": len(ratios),
+                }
+        if spreads:
+            row["per_round_vs_c_ref"] = spreads
+
+
+#: Per mode: the ratio whose round-by-round spread a table's note shows.
+SPREAD_NOTE = {"pingpong": ("cpu", "CPU"), "stream": ("mib_per_s", "MiB/s")}
+
+
+def _spread_note(summary, mode):
+    short, title = SPREAD_NOTE.get(mode, (None, None))
+    cells = []
+    for label, row in summary.items():
+        spread = (row.get("per_round_vs_c_ref") or {}).get(short)
+        if spread is not None and label != REFERENCE:
+            cells.append(
+                f"{label} {spread['median']:.2f} ({spread['min']:.2f}-{spread['max']:.2f})"
+            )
+    if not cells:
+        return None
+    return (
+        f"{title} vs {REFERENCE} round by round (median, min-max; each round's "
+        f"servers run back to back): " + ", ".join(cells)
+    )
 
 
 # -- text -----------------------------------------------------------------------
@@ -369,6 +431,9 @@ def format_case(case, settings=None, micro=None, skipped_servers=None):
             + (f" ({REFERENCE} skipped: {why})" if why else "")
             + f": ratios to {REFERENCE} are not shown"
         )
+    spread = _spread_note(summary, mode)
+    if spread is not None:
+        notes.append(spread)
     others = [row["other_cpu_pct"] for row in summary.values() if row.get("other_cpu_pct") is not None]
     if others and max(others) >= OTHER_BUSY_PCT:
         notes.append(
