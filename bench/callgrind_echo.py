@@ -13,8 +13,8 @@ is where they differ::
 
 Each server runs under ``valgrind --tool=callgrind`` with instrumentation
 off until it is listening; ``callgrind_control`` turns it on just before
-the C load generator connects (one connection: one event per wake-up, so
-every server batches the same) and off again when the load generator is
+the C load generator connects (by default one connection: one event per
+wake-up, so every server batches the same) and off again when the load generator is
 done, so start-up and shutdown are not counted. The count divided by the
 requests the load generator completed is the figure; the connection's
 accept and close are spread over thousands of requests.
@@ -72,7 +72,7 @@ def read_port(stdout, proc):
     return int(text) if text.isdigit() else int(json.loads(text)["port"])
 
 
-def count(label, seconds, valgrind, control, loadgen, workdir):
+def count(label, seconds, valgrind, control, loadgen, workdir, connections=1):
     """(instructions, requests) of one server under callgrind."""
     argv, extra_env = server_command(label)
     out = os.path.join(workdir, "callgrind.out." + label.replace(":", "-"))
@@ -87,7 +87,7 @@ def count(label, seconds, valgrind, control, loadgen, workdir):
         subprocess.run([control, "-i", "on", str(proc.pid)], check=True,
                        capture_output=True, timeout=60)
         result = subprocess.run(
-            [loadgen, "--port", str(port), "--connections", "1", "--size", "1024",
+            [loadgen, "--port", str(port), "--connections", str(connections), "--size", "1024",
              "--warmup", "0", "--duration", str(seconds)],
             capture_output=True, text=True, timeout=seconds + 120,
         )
@@ -118,6 +118,10 @@ def main(argv=None):
                         help=f"comma-separated (default {DEFAULT_SERVERS})")
     parser.add_argument("--seconds", type=float, default=5.0,
                         help="load generator run per server (default 5)")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="ping-pong connections (default 1; with more, a slower "
+                             "server batches more events per wake-up, so the counts "
+                             "are less alike)")
     args = parser.parse_args(argv)
     valgrind = shutil.which("valgrind")
     control = shutil.which("callgrind_control")
@@ -135,7 +139,7 @@ def main(argv=None):
                 print(f"{label:20s}  (not available here)")
                 continue
             instructions, requests = count(label, args.seconds, valgrind, control,
-                                           loadgen, workdir)
+                                           loadgen, workdir, args.connections)
             per_request = instructions / max(requests, 1)
             rows.append((label, per_request))
             base = dict(rows).get(server_kinds.C_REF)
