@@ -36,11 +36,9 @@ when a run against pike's modules had a failure or an error.
 
 import argparse
 import importlib.util
-import json
 import os
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -149,18 +147,7 @@ def child(args):
     import unittest
     import warnings
 
-    result = {
-        "python": "%d.%d.%d" % sys.version_info[:3],
-        "suite": args.suite,
-        "module": args.module,
-        "test_file": args.test_file,
-        "shims": [],
-    }
-
-    def report(**fields):
-        result.update(fields)
-        sys.stdout.flush()
-        print(MARK + json.dumps(result), flush=True)
+    result, report = _base.child_record(args, MARK)
 
     import test.support
 
@@ -223,55 +210,18 @@ def child(args):
         report(status="error", reason="the test module did not import the wanted modules")
         return 2
 
-    suite = unittest.defaultTestLoader.loadTestsFromModule(tests)
-    all_ids = set(t.id() for t in _base.suite_ids(suite))
-    runner = unittest.TextTestRunner(verbosity=max(args.verbose, 1), stream=sys.stderr)
-    started = time.monotonic()
-    outcome = runner.run(suite)
-    bad = [t.id() for t, _ in outcome.failures + outcome.errors]
-    bad += [t.id() for t in outcome.unexpectedSuccesses]
-    skipped = len(outcome.skipped)
-    total = outcome.testsRun
-    passed = total - skipped - len(bad) - len(outcome.expectedFailures)
-    passed_ids = sorted(all_ids - set(bad) - set(t.id() for t, _ in outcome.skipped))
-    report(status="ran", total=total, passed=passed, skipped=skipped,
-           failed=sorted(bad), passed_ids=passed_ids,
-           seconds=round(time.monotonic() - started, 2))
-    return 0 if not bad else 1
+    return _base.run_tests(tests, args, report)
 
 
 # -- the parent --------------------------------------------------------------------
 
 
 def run_child(exe, suite, test_file, smtpd_file, module, args):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    cmd = [exe, os.path.abspath(__file__), "--child", "--suite", suite,
-           "--module", module, "--test-file", test_file]
+    child_args = ["--suite", suite, "--module", module, "--test-file", test_file]
     if smtpd_file:
-        cmd += ["--smtpd-file", smtpd_file]
-    cmd += ["-v"] * args.verbose
-    if args.no_shims:
-        cmd.append("--no-shims")
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env,
-                              timeout=args.timeout, cwd=_base._scratch_dir())
-    except subprocess.TimeoutExpired as exc:
-        log = exc.stderr or ""
-        if isinstance(log, bytes):
-            log = log.decode("utf-8", "replace")
-        return {"status": "error", "reason": "timed out after %ss" % args.timeout,
-                "log": log[-6000:]}
-    found = None
-    for line in proc.stdout.splitlines():
-        if line.startswith(MARK):
-            found = json.loads(line[len(MARK):])
-    if found is None:
-        found = {"status": "error",
-                 "reason": "child exited %s without a result" % proc.returncode}
-    found["log"] = proc.stderr
-    found["returncode"] = proc.returncode
-    return found
+        child_args += ["--smtpd-file", smtpd_file]
+    return _base.spawn_child(exe, os.path.abspath(__file__), MARK, _base.child_env(),
+                             args, child_args)
 
 
 def main(argv=None):
@@ -304,18 +254,8 @@ def main(argv=None):
     if not suites or any(s not in SUITES for s in suites):
         parser.error("--suites takes asynchat, smtpd or asynchat,smtpd")
     pythons = _base.pyenv_pythons()
-    if args.python:
-        chosen = []
-        for exe in args.python:
-            out = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                 capture_output=True, text=True, timeout=60)
-            if out.returncode != 0:
-                parser.error("cannot run %s" % exe)
-            chosen.append((out.stdout.strip(), exe))
-    else:
-        chosen = sorted(pythons.items(), key=lambda kv: _base._version_key(kv[0]))
+    chosen = _base.choose_pythons(args.python, pythons, parser)
     if not chosen:
-        print("no Python 3.9-3.13 found (pyenv root: %s); use --python" % _base.pyenv_root())
         return 2
     lib = args.stdlib_311 or stdlib_311(pythons)
     if not lib:
@@ -376,8 +316,7 @@ def main(argv=None):
             elif pike_result.get("failed"):
                 failed = True
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([{k: v for k, v in r.items() if k != "log"} for r in results], f, indent=2)
+        _base.write_results(results, args.json)
     print("\n%s" % ("FAILURES against pike.compat" if failed else
                     "all runs against pike.compat.asynchat passed"))
     return 1 if failed else 0

@@ -218,18 +218,7 @@ def child(args):
     import unittest
     import warnings
 
-    result = {
-        "python": "%d.%d.%d" % sys.version_info[:3],
-        "suite": args.suite,
-        "module": args.module,
-        "test_file": args.test_file,
-        "shims": [],
-    }
-
-    def report(**fields):
-        result.update(fields)
-        sys.stdout.flush()
-        print(MARK + json.dumps(result), flush=True)
+    result, report = child_record(args, MARK)
 
     import test.support
 
@@ -272,6 +261,32 @@ def child(args):
         report(status="error", reason="the test module did not import the wanted asyncore")
         return 2
 
+    return run_tests(tests, args, report)
+
+
+def child_record(args, mark):
+    """A child's result record and ``report(**fields)``, which prints it
+    (after ``mark``) for the parent to find among the test output."""
+    result = {
+        "python": "%d.%d.%d" % sys.version_info[:3],
+        "suite": args.suite,
+        "module": args.module,
+        "test_file": args.test_file,
+        "shims": [],
+    }
+
+    def report(**fields):
+        result.update(fields)
+        sys.stdout.flush()
+        print(mark + json.dumps(result), flush=True)
+
+    return result, report
+
+
+def run_tests(tests, args, report):
+    """Run the loaded test module ``tests``; report the counts; exit status."""
+    import unittest
+
     suite = unittest.defaultTestLoader.loadTestsFromModule(tests)
     all_ids = set(t.id() for t in suite_ids(suite))  # the run empties the suite
     runner = unittest.TextTestRunner(verbosity=max(args.verbose, 1), stream=sys.stderr)
@@ -282,20 +297,10 @@ def child(args):
     skipped = len(outcome.skipped)
     total = outcome.testsRun
     passed = total - skipped - len(bad) - len(outcome.expectedFailures)
-    passed_ids = sorted(
-        all_ids
-        - set(bad)
-        - set(t.id() for t, _ in outcome.skipped)
-    )
-    report(
-        status="ran",
-        total=total,
-        passed=passed,
-        skipped=skipped,
-        failed=sorted(bad),
-        passed_ids=passed_ids,
-        seconds=round(time.monotonic() - started, 2),
-    )
+    passed_ids = sorted(all_ids - set(bad) - set(t.id() for t, _ in outcome.skipped))
+    report(status="ran", total=total, passed=passed, skipped=skipped,
+           failed=sorted(bad), passed_ids=passed_ids,
+           seconds=round(time.monotonic() - started, 2))
     return 0 if not bad else 1
 
 
@@ -311,13 +316,24 @@ def suite_ids(suite):
 
 
 def run_child(exe, suite, test_file, module, mode, args):
-    env = dict(os.environ)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env = child_env()
     env.pop("PIKE_ASYNCORE_FAST", None)
     if mode == "plain":
         env["PIKE_ASYNCORE_FAST"] = "0"
-    cmd = [exe, os.path.abspath(__file__), "--child", "--suite", suite,
-           "--module", module, "--test-file", test_file]
+    return spawn_child(exe, os.path.abspath(__file__), MARK, env, args,
+                       ["--suite", suite, "--module", module, "--test-file", test_file])
+
+
+def child_env():
+    """The environment of a child: this checkout first on PYTHONPATH."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def spawn_child(exe, script, mark, env, args, child_args):
+    """Run ``script --child child_args`` under ``exe``; its result record."""
+    cmd = [exe, script, "--child"] + child_args
     cmd += ["-v"] * args.verbose
     if args.no_shims:
         cmd.append("--no-shims")
@@ -332,8 +348,8 @@ def run_child(exe, suite, test_file, module, mode, args):
                 "log": log[-6000:]}
     found = None
     for line in proc.stdout.splitlines():
-        if line.startswith(MARK):
-            found = json.loads(line[len(MARK):])
+        if line.startswith(mark):
+            found = json.loads(line[len(mark):])
     if found is None:
         found = {"status": "error",
                  "reason": "child exited %s without a result" % proc.returncode}
@@ -397,18 +413,8 @@ def main(argv=None):
     if not modes or any(m not in ("fast", "plain") for m in modes):
         parser.error("--modes takes fast, plain or fast,plain")
     pythons = pyenv_pythons()
-    if args.python:
-        chosen = []
-        for exe in args.python:
-            out = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                                 capture_output=True, text=True, timeout=60)
-            if out.returncode != 0:
-                parser.error("cannot run %s" % exe)
-            chosen.append((out.stdout.strip(), exe))
-    else:
-        chosen = sorted(pythons.items(), key=lambda kv: _version_key(kv[0]))
+    chosen = choose_pythons(args.python, pythons, parser)
     if not chosen:
-        print("no Python 3.9-3.13 found (pyenv root: %s); use --python" % pyenv_root())
         return 2
     test_311 = args.test_file or find_311_test_file(pythons)
     if not test_311 or not os.path.exists(test_311):
@@ -465,11 +471,33 @@ def main(argv=None):
                             print("      %s: %d test(s) the stdlib passes do not pass: %s"
                                   % (result["mode"], len(lost), ", ".join(sorted(lost))))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump([{k: v for k, v in r.items() if k != "log"} for r in results], f, indent=2)
+        write_results(results, args.json)
     print("\n%s" % ("FAILURES against pike.compat.asyncore" if failed else
                     "all runs against pike.compat.asyncore passed"))
     return 1 if failed else 0
+
+
+def choose_pythons(paths, pythons, parser):
+    """``[(minor, exe)]``: each of ``paths``, else every pyenv Python found."""
+    if paths:
+        chosen = []
+        for exe in paths:
+            out = subprocess.run([exe, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                 capture_output=True, text=True, timeout=60)
+            if out.returncode != 0:
+                parser.error("cannot run %s" % exe)
+            chosen.append((out.stdout.strip(), exe))
+        return chosen
+    chosen = sorted(pythons.items(), key=lambda kv: _version_key(kv[0]))
+    if not chosen:
+        print("no Python 3.9-3.13 found (pyenv root: %s); use --python" % pyenv_root())
+    return chosen
+
+
+def write_results(results, path):
+    """The results as JSON, without the children's logs."""
+    with open(path, "w") as f:
+        json.dump([{k: v for k, v in r.items() if k != "log"} for r in results], f, indent=2)
 
 
 def _indent(text):
