@@ -70,8 +70,7 @@ class Transport:
 
     #: The poller may skip :meth:`handle_read_event` (see pike.poller): true
     #: for every class that does not override it (``__init_subclass__``).
-    _PLAIN_READ_EVENT = True
-    _plain_read_event = False  # until __init__ copies the class's verdict
+    _plain_read_event = True
 
     _writing_paused = False
     _high_water = DEFAULT_HIGH_WATER
@@ -79,7 +78,7 @@ class Transport:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        cls._PLAIN_READ_EVENT = cls.handle_read_event is Transport.handle_read_event
+        cls._plain_read_event = cls.handle_read_event is Transport.handle_read_event
 
     def __init__(self, alternate_poller=None, sock=None):
         self.poller = alternate_poller if alternate_poller is not None else get_poller()
@@ -93,7 +92,7 @@ class Transport:
         self._write_armed = False
         self._queue = None  # WriteQueue, made on first use
         self._write_state = 0  # 0 open, 1 EOF after drain, 2 shut, 3 close after drain
-        self._plain_read_event = self._PLAIN_READ_EVENT  # (a copy: as above)
+        self._plain_read_event = type(self)._plain_read_event  # (a copy: as above)
         if sock is not None:
             self.set_socket(sock)
 
