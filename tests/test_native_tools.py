@@ -299,142 +299,22 @@ def test_loadgen_rejects_bad_arguments(tools):
         assert result is None
 
 
-class BadServer:
-    """A threaded echo server on 127.0.0.1 that misbehaves on purpose.
+class ThreadedServer:
+    """A threaded TCP server on 127.0.0.1 for driving the load generator.
 
-    ``kind``: "corrupt" flips one byte once 3000 bytes went through, "close"
-    closes each connection after its first read, "silent" reads and never
-    answers.
+    A thread accepts; each connection gets a thread that hands what it
+    receives to :meth:`on_data` with a per-connection ``state`` dict (which
+    holds the connection's ``index``) until EOF, :meth:`close`, or
+    :meth:`on_data` returning False. Every wait is bounded (0.05 s), so
+    :meth:`close` ends every thread promptly.
     """
 
-    def __init__(self, kind):
-        self.kind = kind
+    backlog = 16
+
+    def __init__(self):
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.05)
-        self.port = self.listener.getsockname()[1]
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._accept)]
-        self.threads[0].start()
-
-    def _accept(self):
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            thread = threading.Thread(target=self._serve, args=(conn,))
-            self.threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn):
-        conn.settimeout(0.05)
-        seen = 0
-        try:
-            while not self.stopping.is_set():
-                try:
-                    data = conn.recv(65536)
-                except socket.timeout:
-                    continue
-                if not data:
-                    return
-                if self.kind == "close":
-                    return
-                if self.kind == "silent":
-                    continue
-                if seen <= 3000 < seen + len(data):
-                    data = bytearray(data)
-                    data[3000 - seen] ^= 0x40
-                    data = bytes(data)
-                seen += len(data)
-                conn.sendall(data)
-        except OSError:
-            pass
-        finally:
-            conn.close()
-
-    def close(self):
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(5)
-        self.listener.close()
-
-
-@pytest.mark.parametrize("mode", ["pingpong", "stream"])
-def test_loadgen_detects_corruption(tools, mode):
-    server = BadServer("corrupt")
-    try:
-        status, result, err = run_loadgen(
-            tools, "--port", server.port, "--mode", mode, "--connections", 1,
-            "--size", 1024, "--warmup", 0.1, "--duration", 0.5,
-        )
-    finally:
-        server.close()
-    assert status == 1, err
-    assert result["errors"] > 0
-    assert "verification error at stream byte 3000" in result["error"]
-
-
-def test_loadgen_fails_when_server_closes(tools):
-    server = BadServer("close")
-    try:
-        status, result, err = run_loadgen(
-            tools, "--port", server.port, "--warmup", 0.1, "--duration", 0.5,
-        )
-    finally:
-        server.close()
-    assert status == 1, err
-    assert result["errors"] > 0
-    assert "closed by the server" in result["error"] or "recv" in result["error"]
-
-
-def test_loadgen_times_out_on_a_silent_server(tools):
-    server = BadServer("silent")
-    try:
-        start = time.monotonic()
-        status, result, err = run_loadgen(
-            tools, "--port", server.port, "--warmup", 0, "--duration", 2, "--timeout", 0.3,
-        )
-        elapsed = time.monotonic() - start
-    finally:
-        server.close()
-    assert status == 1, err
-    assert "timeout" in result["error"]
-    assert elapsed < 1.5
-
-
-def test_loadgen_fails_when_nothing_listens(tools):
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()  # nothing listens on this port now
-    status, result, _ = run_loadgen(tools, "--port", port, "--duration", 0.2, timeout=5)
-    assert status == 1
-    assert result["errors"] > 0
-
-
-# ---- loadgen --line ----
-
-
-class LineEchoServer:
-    """A threaded line echo server on 127.0.0.1: it answers only whole lines.
-
-    Bytes are held until a b"\\n" arrives and each complete line is then
-    sent back on its own, so a client whose messages do not end in b"\\n"
-    (or carry one early) stalls or misverifies. Every line seen is
-    recorded per connection in ``lines`` (bounded by ``keep``).
-    """
-
-    def __init__(self, keep=50):
-        self.keep = keep
-        self.lines = []          # [(connection index, line bytes)]
-        self.lock = threading.Lock()
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
+        self.listener.listen(self.backlog)
         self.listener.settimeout(0.05)
         self.port = self.listener.getsockname()[1]
         self.stopping = threading.Event()
@@ -457,33 +337,86 @@ class LineEchoServer:
 
     def _serve(self, conn, index):
         conn.settimeout(0.05)
-        pending = b""
+        state = {"index": index}
         try:
             while not self.stopping.is_set():
                 try:
                     data = conn.recv(65536)
                 except socket.timeout:
                     continue
-                if not data:
+                if not data or not self.on_data(conn, state, data):
                     return
-                pending += data
-                while b"\n" in pending:
-                    line, pending = pending.split(b"\n", 1)
-                    line += b"\n"
-                    with self.lock:
-                        if len(self.lines) < self.keep:
-                            self.lines.append((index, line))
-                    conn.sendall(line)
         except OSError:
             pass
         finally:
             conn.close()
+
+    def on_data(self, conn, state, data):
+        """Answer ``data``; False closes the connection."""
+        raise NotImplementedError
 
     def close(self):
         self.stopping.set()
         for thread in self.threads:
             thread.join(5)
         self.listener.close()
+
+
+class BadServer(ThreadedServer):
+    """An echo server that misbehaves on purpose.
+
+    ``kind``: "corrupt" flips one byte once 3000 bytes went through, "close"
+    closes each connection after its first read, "silent" reads and never
+    answers.
+    """
+
+    def __init__(self, kind):
+        self.kind = kind
+        super().__init__()
+
+    def on_data(self, conn, state, data):
+        if self.kind == "close":
+            return False
+        if self.kind == "silent":
+            return True
+        seen = state.get("seen", 0)
+        if seen <= 3000 < seen + len(data):
+            data = bytearray(data)
+            data[3000 - seen] ^= 0x40
+            data = bytes(data)
+        state["seen"] = seen + len(data)
+        conn.sendall(data)
+        return True
+
+
+class LineEchoServer(ThreadedServer):
+    """A line echo server: it answers only whole lines.
+
+    Bytes are held until a b"\\n" arrives and each complete line is then
+    sent back on its own, so a client whose messages do not end in b"\\n"
+    (or carry one early) stalls or misverifies. Every line seen is
+    recorded per connection in ``lines`` (bounded by ``keep``).
+    """
+
+    backlog = 64
+
+    def __init__(self, keep=50):
+        self.keep = keep
+        self.lines = []          # [(connection index, line bytes)]
+        self.lock = threading.Lock()
+        super().__init__()
+
+    def on_data(self, conn, state, data):
+        pending = state.get("pending", b"") + data
+        while b"\n" in pending:
+            line, pending = pending.split(b"\n", 1)
+            line += b"\n"
+            with self.lock:
+                if len(self.lines) < self.keep:
+                    self.lines.append((state["index"], line))
+            conn.sendall(line)
+        state["pending"] = pending
+        return True
 
 
 def check_line_result(result, connections, size):
