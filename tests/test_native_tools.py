@@ -389,6 +389,62 @@ class BadServer(ThreadedServer):
         return True
 
 
+@pytest.mark.parametrize("mode", ["pingpong", "stream"])
+def test_loadgen_detects_corruption(tools, mode):
+    server = BadServer("corrupt")
+    try:
+        status, result, err = run_loadgen(
+            tools, "--port", server.port, "--mode", mode, "--connections", 1,
+            "--size", 1024, "--warmup", 0.1, "--duration", 0.5,
+        )
+    finally:
+        server.close()
+    assert status == 1, err
+    assert result["errors"] > 0
+    assert "verification error at stream byte 3000" in result["error"]
+
+
+def test_loadgen_fails_when_server_closes(tools):
+    server = BadServer("close")
+    try:
+        status, result, err = run_loadgen(
+            tools, "--port", server.port, "--warmup", 0.1, "--duration", 0.5,
+        )
+    finally:
+        server.close()
+    assert status == 1, err
+    assert result["errors"] > 0
+    assert "closed by the server" in result["error"] or "recv" in result["error"]
+
+
+def test_loadgen_times_out_on_a_silent_server(tools):
+    server = BadServer("silent")
+    try:
+        start = time.monotonic()
+        status, result, err = run_loadgen(
+            tools, "--port", server.port, "--warmup", 0, "--duration", 2, "--timeout", 0.3,
+        )
+        elapsed = time.monotonic() - start
+    finally:
+        server.close()
+    assert status == 1, err
+    assert "timeout" in result["error"]
+    assert elapsed < 1.5
+
+
+def test_loadgen_fails_when_nothing_listens(tools):
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # nothing listens on this port now
+    status, result, _ = run_loadgen(tools, "--port", port, "--duration", 0.2, timeout=5)
+    assert status == 1
+    assert result["errors"] > 0
+
+
+# ---- loadgen --line ----
+
+
 class LineEchoServer(ThreadedServer):
     """A line echo server: it answers only whole lines.
 
