@@ -14,13 +14,20 @@ import os
 _CHOICES = ("auto", "c", "python")
 
 
+# Why the last attempt to load the accelerator failed (None: it loaded, or
+# no attempt was made); read by accelerator_problem().
+_LOAD_ERROR = None
+
+
 def _load_accelerator(requested):
     """Return the accelerator's ``(ffi, lib)``, or None on the pure path."""
+    global _LOAD_ERROR
     if requested == "python":
         return None
     try:
         from ._pike_accel import ffi, lib  # built by setup.py through cffi
     except ImportError as exc:
+        _LOAD_ERROR = exc
         if requested == "c":
             raise ImportError(
                 "PIKE_IMPL=c but the C accelerator (pike._pike_accel) is not "
@@ -47,6 +54,52 @@ IMPLEMENTATION = "python" if ACCEL is None else "c"
 def available_implementations():
     """The implementations this installation can run: "c" only when built."""
     return ["python"] if ACCEL is None else ["c", "python"]
+
+
+def accelerator_problem():
+    """Why the C accelerator is not in use, and how to fix it; None when it is.
+
+    One paragraph for people: ``python -m pike info`` and the bench print it.
+    """
+    if IMPLEMENTATION == "c":
+        return None
+    if REQUESTED == "python":
+        return "PIKE_IMPL=python chose the pure-Python implementation."
+    here = os.path.dirname(os.path.abspath(__file__))
+    elsewhere = _built_copy_elsewhere(here)
+    if elsewhere is not None:
+        return (
+            f"pike is imported from {here}, which has no built accelerator, "
+            f"while the copy installed at {elsewhere} has one. This happens "
+            "when Python runs from a source checkout: build it in place with "
+            "'python -m pip install -e .' there, or run from another directory."
+        )
+    detail = f" (import error: {_LOAD_ERROR})" if _LOAD_ERROR is not None else ""
+    return (
+        "the C accelerator (pike._pike_accel) is not built" + detail + ". It "
+        "needs a C compiler, the Python headers and cffi when pike is "
+        "installed; with those in place, reinstall with "
+        "'python -m pip install --force-reinstall --no-deps .' "
+        "or 'python -m pip install -e .' in a source checkout, and watch pip's "
+        "output for pike's build warning."
+    )
+
+
+def _built_copy_elsewhere(here):
+    """The directory of another importable pike that has the accelerator."""
+    import sys
+
+    for entry in sys.path:
+        candidate = os.path.join(os.path.abspath(entry or os.curdir), "pike")
+        if candidate == here or not os.path.isdir(candidate):
+            continue
+        try:
+            names = os.listdir(candidate)
+        except OSError:
+            continue
+        if any(name.startswith("_pike_accel") and name.endswith((".so", ".pyd")) for name in names):
+            return candidate
+    return None
 
 
 def select_implementation(name):
