@@ -17,7 +17,11 @@ recv, 1 KiB waiting     4318    4318    5360
 write, kernel takes it  4761    4542
 ======================  ======  ======  ============
 
-``send`` and ``write`` are in C. ``recv`` is not: its result must become a
+``send`` and ``write`` are in C. They send on the fd their socket object
+has now (``socket.fileno()``), never on a number remembered earlier: a
+socket closed behind the transport reports -1 there, and the send fails
+with EBADF exactly as ``socket.send`` does on the pure path, instead of
+reaching whatever the kernel gave that number to next. ``recv`` is not: its result must become a
 bytes object, and making one from C memory through cffi costs more than
 the whole of CPython's ``socket.recv``. The case the candidate wins,
 nothing to read, is rare: the poller calls ``recv`` when the fd is readable.
@@ -38,6 +42,7 @@ _EWOULDBLOCK = errno.EWOULDBLOCK
 
 _c_send = lib.pike_send
 _from_buffer = ffi.from_buffer
+_EBADF_RESULT = -errno.EBADF  # a send on a closed socket's fd (-1)
 
 
 def send(self, data):
@@ -45,15 +50,21 @@ def send(self, data):
     if self._queue:
         self.poller.defer_write(self)
         return 0
-    if type(data) is bytes:
+    sock = self.socket
+    if sock is None:
+        raise self._not_open()
+    fd = sock.fileno()  # (inline, not a helper: a frame costs more than this)
+    if fd < 0:
+        n = _EBADF_RESULT
+    elif type(data) is bytes:
         # cffi passes bytes to ``const char *`` without a copy.
-        n = _c_send(self._fileno, data, len(data))
+        n = _c_send(fd, data, len(data))
     else:
         # Other buffers (bytearray, memoryview, array...) need a view, and
         # their length in bytes: len() of an array or a cast memoryview
         # counts items.
         view = _from_buffer(data)
-        n = _c_send(self._fileno, view, len(view))
+        n = _c_send(fd, view, len(view))
     if n >= 0:
         return n
     return self._c_send_failed(-n)
@@ -76,7 +87,8 @@ def write(self, data):
     if self._queue or self.connecting:
         self._enqueue(data)
         return
-    sent = _c_send(self._fileno, buf, size)
+    fd = self.socket.fileno()
+    sent = _c_send(fd, buf, size) if fd >= 0 else _EBADF_RESULT
     if sent == size:
         return
     if sent < 0:

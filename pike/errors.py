@@ -15,6 +15,15 @@ CONNECTION_LOST_ERRNOS = frozenset(
     }
 )
 
+#: accept() errnos that mean "out of a resource" (fds, buffers, memory): the
+#: connection stays in the kernel's queue, so the listener stays readable and
+#: retrying at once would spin. Back off, then retry.
+ACCEPT_RESOURCE_ERRNOS = frozenset(
+    getattr(errno, name)
+    for name in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM")
+    if hasattr(errno, name)
+)
+
 #: connect_ex() results that mean "under way": completion is reported later.
 CONNECT_IN_PROGRESS_ERRNOS = frozenset(
     {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK}

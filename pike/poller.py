@@ -105,7 +105,14 @@ class Poller:
             raise TypeError(f"{channel!r} is not a channel: no _plain_read_event")
         current = self._channels.get(fd)
         if current is not None and current is not channel:
-            raise ValueError(f"fd {fd} is already watched by {current!r}")
+            if not _lost_its_socket(current, fd):
+                raise ValueError(f"fd {fd} is already watched by {current!r}")
+            # The number was closed behind ``current`` and the kernel gave it
+            # to this new socket: ``current`` is gone, the newcomer is not.
+            self._registered.pop(fd, None)  # the kernel forgot the old file
+            if self._dispatching:
+                self._stale.add(fd)  # this batch's events were the old file's
+            self._lost_fd(fd, current)
         self._check_fd(fd)
         self._channels[fd] = channel
         # A stale mark stays: every event of the running batch for this fd
@@ -448,6 +455,21 @@ class Poller:
 
     def _abandon_kernel(self):
         """Close our copy of the kernel object without unregistering."""
+
+
+def _lost_its_socket(channel, fd):
+    """True when ``channel``'s socket object no longer holds ``fd``.
+
+    (A socket closed behind its transport reports fileno() -1.) Channels
+    without a ``socket`` attribute are taken at their word.
+    """
+    sock = getattr(channel, "socket", None)
+    if sock is None or not hasattr(sock, "fileno"):
+        return False
+    try:
+        return sock.fileno() != fd
+    except (OSError, ValueError):
+        return True
 
 
 def _round_up_ms(timeout):

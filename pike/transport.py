@@ -11,6 +11,14 @@ Write notifications are armed by a pending connect, by a send that would
 block, by queued data, and by ``poller.defer_write(transport)``; each fires
 ``handle_write_event`` once. Connect success is read from ``SO_ERROR``.
 
+The peer's EOF: reading stops for good (an EOF stays readable, so reading on
+would spin), :meth:`Transport.handle_read_eof` runs, and then, unless
+``half_close`` is set, :meth:`Transport.handle_close` -- but only once the
+data already queued has been sent. A connection that ends by EOF loses no
+byte that was written to it; only :meth:`Transport.close` before the queue
+drains (an abort), a reset, or :meth:`Transport.discard_write_buffer` drop
+queued data.
+
 The attributes every event reads are set on the instance by ``__init__``;
 those that rarely change (water marks, the peer address, EOF and connect
 error records) live on the class as defaults, so an idle connection's
@@ -22,7 +30,11 @@ import logging
 import os
 import socket
 
-from .errors import CONNECT_IN_PROGRESS_ERRNOS, CONNECTION_LOST_ERRNOS
+from .errors import (
+    ACCEPT_RESOURCE_ERRNOS,
+    CONNECT_IN_PROGRESS_ERRNOS,
+    CONNECTION_LOST_ERRNOS,
+)
 from .poller import get_poller
 from .write_queue import WriteQueue
 
@@ -41,6 +53,13 @@ _AF_INET = socket.AF_INET
 _SOCK_STREAM = socket.SOCK_STREAM
 _SOMAXCONN = socket.SOMAXCONN
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
+
+# The states of a transport's sending side (``_write_state``). OPEN is 0 so
+# that the hot path tests "anything but open" with one truth test.
+WRITE_OPEN = 0  # write() accepted
+WRITE_EOF_AFTER_DRAIN = 1  # write_eof() called: shut down once the queue drains
+WRITE_SHUT = 2  # our side is shut down (write_eof done)
+WRITE_CLOSE_AFTER_DRAIN = 3  # close_when_done() called: close once drained
 
 
 class Transport:
@@ -63,14 +82,22 @@ class Transport:
     tcp_nodelay = True
 
     _addr = None
-    #: True once the peer's EOF was seen (with ``half_close``).
+    #: True once the peer's EOF was seen; reading has stopped for good.
     eof_received = False
+    # The peer's EOF came while data was queued: handle_close() waits for it
+    # to drain (see _peer_eof).
+    _close_after_drain = False
     #: The OSError of a failed connect, once one failed.
     connect_error = None
 
     #: The poller may skip :meth:`handle_read_event` (see pike.poller): true
     #: for every class that does not override it (``__init_subclass__``).
     _plain_read_event = True
+
+    #: Seconds a listening transport stops accepting after accept() ran out
+    #: of a resource (EMFILE...), as asyncio does; see :meth:`handle_accept`.
+    accept_retry_delay = 1.0
+    _accept_retry = None  # the timer handle while accepting is paused
 
     _writing_paused = False
     _high_water = DEFAULT_HIGH_WATER
@@ -91,7 +118,7 @@ class Transport:
         self._reading = True
         self._write_armed = False
         self._queue = None  # WriteQueue, made on first use
-        self._write_state = 0  # 0 open, 1 EOF after drain, 2 shut, 3 close after drain
+        self._write_state = WRITE_OPEN  # one of the WRITE_* states above
         self._plain_read_event = type(self)._plain_read_event  # (a copy: as above)
         if sock is not None:
             self.set_socket(sock)
@@ -233,11 +260,17 @@ class Transport:
         if self.connecting:
             self.handle_connect_event()
             return
-        if self._queue or self._write_state == 1 or self._write_state == 3:
+        state = self._write_state
+        if self._queue or state == WRITE_EOF_AFTER_DRAIN or state == WRITE_CLOSE_AFTER_DRAIN:
             self._flush_queue()
             if self.closed:
                 return
         self.handle_write()
+        if self._close_after_drain and not self._queue and not self.closed:
+            # Everything queued before (and after) the peer's EOF is sent.
+            # (Checked after handle_write: a layer such as Chat refills the
+            # queue from its producers there.)
+            self._report_eof_close()
 
     def handle_connect_event(self):
         """Decide a pending connect from ``SO_ERROR``, report it, once."""
@@ -299,13 +332,36 @@ class Transport:
         """A listening transport has connections waiting.
 
         The default accepts them (a bounded number per event) and passes each
-        to :meth:`handle_accepted`.
+        to :meth:`handle_accepted`. When accept() runs out of a resource
+        (EMFILE, ENFILE, ENOBUFS, ENOMEM) it logs a warning and stops
+        accepting for :attr:`accept_retry_delay` seconds: the connection
+        stays queued in the kernel, so retrying at once would spin.
         """
         for _ in range(_ACCEPTS_PER_EVENT):
-            pair = self.accept()
+            try:
+                pair = self.accept()
+            except OSError as exc:
+                if exc.errno not in ACCEPT_RESOURCE_ERRNOS:
+                    raise
+                self._pause_accepting(exc)
+                return
             if pair is None:
                 return
             self.handle_accepted(*pair)
+
+    def _pause_accepting(self, exc):
+        logger.warning(
+            "pike: %r cannot accept (%s); retrying in %gs", self, exc, self.accept_retry_delay
+        )
+        self.pause_reading()
+        self._accept_retry = self.poller.call_later(
+            self.accept_retry_delay, self._resume_accepting
+        )
+
+    def _resume_accepting(self):
+        self._accept_retry = None
+        if not self.closed:
+            self.resume_reading()
 
     def handle_accepted(self, sock, addr):
         """Take ownership of an accepted connection. The default closes it."""
@@ -347,9 +403,11 @@ class Transport:
     def recv(self, bufsize):
         """Receive up to ``bufsize`` bytes; b'' when it would block.
 
-        The peer's EOF also returns b'', after :meth:`handle_close` (or
-        :meth:`handle_eof` with ``half_close``) ran. A lost connection
-        calls :meth:`handle_close` and returns b''.
+        The peer's EOF also returns b'', after :meth:`handle_read_eof` and
+        then :meth:`handle_close` (or :meth:`handle_eof` with
+        ``half_close``) ran; when data is still queued, ``handle_close``
+        comes once it has been sent. A lost connection calls
+        :meth:`handle_close` and returns b''.
         """
         try:
             data = self.socket.recv(bufsize)
@@ -412,19 +470,34 @@ class Transport:
             return b"", None
 
     def _peer_eof(self):
+        if self.eof_received:
+            return  # reported once; a second recv() after EOF changes nothing
+        self.eof_received = True
+        # An EOF stays readable: reading on would spin (and would call
+        # handle_close again and again while queued data drains).
+        self.pause_reading()
         self.handle_read_eof()
         if self.closed:
             return
-        if not self.half_close:
-            self.handle_close()
+        if self.half_close:
+            self.handle_eof()
+            if self._write_state == WRITE_SHUT and not self.closed:
+                self.handle_close()  # both directions are done
             return
-        if self.eof_received:
+        state = self._write_state
+        if self._queue or state == WRITE_EOF_AFTER_DRAIN or self.connecting:
+            # The connection ends by EOF: what was written to it still goes
+            # out, and handle_close() follows (handle_write_event).
+            self._close_after_drain = True
+            self.poller.defer_write(self)
             return
-        self.eof_received = True
-        self.pause_reading()  # an EOF stays readable: keep it from spinning
-        self.handle_eof()
-        if self._write_state == 2 and not self.closed:
-            self.handle_close()  # both directions are done
+        if state == WRITE_CLOSE_AFTER_DRAIN:
+            return  # close_when_done() already closes once drained
+        self.handle_close()
+
+    def _report_eof_close(self):
+        self._close_after_drain = False
+        self.handle_close()
 
     # -- buffered writes --------------------------------------------------
 
@@ -486,7 +559,7 @@ class Transport:
         if self.closed or self._write_state:
             return
         if self._queue or self.connecting:
-            self._write_state = 1
+            self._write_state = WRITE_EOF_AFTER_DRAIN
             self.poller.defer_write(self)
             return
         self._shutdown_write()
@@ -496,7 +569,7 @@ class Transport:
         if self.closed:
             return
         if self._queue or self.connecting:
-            self._write_state = 3
+            self._write_state = WRITE_CLOSE_AFTER_DRAIN
             self.poller.defer_write(self)
         else:
             self.close()
@@ -510,6 +583,8 @@ class Transport:
         if queue:
             queue.clear()
             self._check_water_marks()
+            if self._close_after_drain:
+                self.poller.defer_write(self)  # handle_close is due now
 
     def get_write_buffer_size(self):
         """Bytes queued and not yet taken by the kernel."""
@@ -550,6 +625,8 @@ class Transport:
             self.handle_pause_writing()
 
     def _check_water_marks(self):
+        if self.closed:
+            return  # no callback after close
         size = self.get_write_buffer_size()
         if self._writing_paused:
             if size <= self._low_water:
@@ -572,15 +649,17 @@ class Transport:
             raise
         if queue:
             self.poller.defer_write(self)
-        elif self._write_state == 1:
+        elif self._write_state == WRITE_EOF_AFTER_DRAIN:
             self._shutdown_write()
-        elif self._write_state == 3:
+            if self.closed:
+                return
+        elif self._write_state == WRITE_CLOSE_AFTER_DRAIN:
             self.close()
             return
         self._check_water_marks()
 
     def _shutdown_write(self):
-        self._write_state = 2
+        self._write_state = WRITE_SHUT
         try:
             self.socket.shutdown(socket.SHUT_WR)
         except OSError as exc:
@@ -588,7 +667,10 @@ class Transport:
                 raise
             self.handle_close()
             return
-        if self.eof_received and not self.closed:
+        if self.eof_received and not self.closed and (
+            self.half_close or self._close_after_drain
+        ):
+            self._close_after_drain = False
             self.handle_close()  # both directions are done
 
     # -- reading control --------------------------------------------------
@@ -624,6 +706,11 @@ class Transport:
         self.poller.del_channel(self)
         if self._queue is not None:
             self._queue.clear()
+        if self._writing_paused:
+            self._writing_paused = False  # nothing is queued: silently
+        if self._accept_retry is not None:
+            self._accept_retry.cancel()
+            self._accept_retry = None
         sock = self.socket
         # The number may be reused by the next socket anyone opens: forget it.
         self._fileno = -1

@@ -27,6 +27,7 @@ import os
 import socket
 import stat
 
+from pike.errors import ACCEPT_RESOURCE_ERRNOS
 from pike.poller import get_poller
 from pike.transport import Transport
 
@@ -35,11 +36,7 @@ __all__ = ["Listener", "RESOURCE_ERRNOS", "UnixPath", "family_of", "listening_so
 logger = logging.getLogger("pike.server")
 
 #: accept() errnos that mean "out of a resource": back off, then retry.
-RESOURCE_ERRNOS = frozenset(
-    getattr(errno, name)
-    for name in ("EMFILE", "ENFILE", "ENOBUFS", "ENOMEM")
-    if hasattr(errno, name)
-)
+RESOURCE_ERRNOS = ACCEPT_RESOURCE_ERRNOS
 
 #: accept() errnos about the one connection being accepted: go on with the next.
 _SKIP_ERRNOS = frozenset(
