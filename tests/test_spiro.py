@@ -332,7 +332,7 @@ def test_many_concurrent_sessions(server):
 def test_wrong_key(server, caplog):
     with caplog.at_level(logging.WARNING, logger="pike.spiro"):
         with pytest.raises(spiro.AuthenticationError):
-            spiro.connect(server.address, b"not the key")
+            spiro.connect(server.address, b"not the key, but long enough")
         assert wait_until(lambda: "failed authentication" in caplog.text)
     assert not server.sessions
     with spiro.connect(server.address, KEY) as s:
@@ -469,7 +469,8 @@ def _pike(*args, **kwargs):
 
 def test_cli_serve_and_shell(tmp_path):
     keyfile = tmp_path / "key"
-    keyfile.write_text("cli key\n")
+    keyfile.write_text("cli key, long enough\n")
+    keyfile.chmod(0o600)
     server = _pike("serve", "--port", "0", "--authkey-file", str(keyfile),
                    stdout=subprocess.PIPE)
     try:
@@ -488,7 +489,8 @@ def test_cli_serve_and_shell(tmp_path):
         assert "ZeroDivisionError" in out
         assert lines[-2:] == ["'after'", "True"]
         wrong = tmp_path / "wrong"
-        wrong.write_text("wrong key")
+        wrong.write_text("wrong key, long enough")
+        wrong.chmod(0o600)
         shell = _pike("shell", address, "--authkey-file", str(wrong),
                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = shell.communicate("1\n", timeout=20)
