@@ -11,7 +11,6 @@ global slots, so clients elsewhere never need to evict anyone.
 """
 
 import collections
-import logging
 import time
 
 __all__ = ["DEFAULT_MAX_PENDING", "DEFAULT_MAX_PENDING_PER_PEER", "DEFAULT_MAX_SESSIONS",

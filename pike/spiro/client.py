@@ -20,6 +20,7 @@ import threading
 import types
 
 from . import protocol
+from .pickleguard import NestingError, check_nesting
 from .protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_NESTING,
@@ -183,6 +184,10 @@ class Session:
             raise ValueError(
                 f"a message of {len(body)} bytes is over the frame limit ({self.max_frame_size})"
             )
+        try:  # the server would close the session for it: say why here instead
+            check_nesting(body, self.max_nesting)
+        except NestingError as exc:
+            raise ValueError(f"a message the server would refuse: {exc}") from None
         self._sock.sendall(frame(body))
 
     def _persistent_id(self, obj):

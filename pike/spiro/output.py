@@ -6,12 +6,16 @@ write to the current thread's sink when it has one and to the stream they
 replaced otherwise. Threads that are not session threads (the server's
 own, the application's, threads that session code starts) print where
 they always did.
+
+Other code swaps ``sys.stdout`` too (``contextlib.redirect_stdout``, test
+runners). So a session checks before each request that the routers are
+still in place, and wraps whatever stream it finds there if not.
 """
 
 import sys
 import threading
 
-__all__ = ["install", "route_to", "uninstall"]
+__all__ = ["ensure", "install", "route_to", "uninstall"]
 
 _local = threading.local()
 _lock = threading.Lock()
@@ -56,10 +60,22 @@ def install():
     global _users
     with _lock:
         _users += 1
-        if _users > 1:
-            return
-        for name in ("stdout", "stderr"):
-            router = _Router(name, getattr(sys, name))
+        if _users == 1:
+            _wrap_displaced()
+
+
+def ensure():
+    """Put a router back in place of a stream that replaced it since."""
+    with _lock:
+        if _users:
+            _wrap_displaced()
+
+
+def _wrap_displaced():
+    for name in ("stdout", "stderr"):
+        current = getattr(sys, name)
+        if type(current) is not _Router:
+            router = _Router(name, current)
             _routers[name] = router
             setattr(sys, name, router)
 

@@ -290,6 +290,8 @@ class _Session:
     def _serve(self, rid, op, args):
         if type(rid) is not int:
             raise ProtocolError("a request id that is not an int")
+        if self.server.capture_output:
+            output.ensure()
         self.busy += 1
         try:
             method = _OPERATIONS.get(op) if isinstance(op, str) else None
