@@ -29,7 +29,7 @@ A wrong argument -- a port out of range, an address that cannot be
 listened on, a missing or unsafe key file -- is reported in one line,
 ``python -m pike spiro ...: error: ...``, with exit status 2.
 
-:func:`main` takes the arguments that follow ``spiro``.
+``main(argv)`` takes the arguments that follow ``spiro``.
 """
 
 import argparse

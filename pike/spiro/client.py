@@ -131,9 +131,9 @@ class Session:
         self._rfile = sock.makefile("rb")
         self.max_frame_size = max_frame_size
         self.max_nesting = max_nesting
-        #: Where the server's printed output goes (None: ``sys.stdout``).
+        #: Where the server's printed output goes; None means ``sys.stdout``.
         self.stdout = None
-        #: Where the server's error output goes (None: ``sys.stderr``).
+        #: Where the server's error output goes; None means ``sys.stderr``.
         self.stderr = None
         self._lock = threading.RLock()
         self._rids = itertools.count(1)

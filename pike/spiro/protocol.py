@@ -98,8 +98,8 @@ class ProtocolError(ConnectionError):
 class RemoteError(Exception):
     """An exception raised on the other side that cannot be rebuilt here.
 
-    :attr:`type_name` is the remote exception's ``module.qualname``,
-    :attr:`remote_traceback` its formatted traceback.
+    ``type_name`` is the remote exception's ``module.qualname``,
+    ``remote_traceback`` its formatted traceback.
     """
 
     def __init__(self, type_name, message, remote_traceback):

@@ -611,7 +611,7 @@ class SpiroServer:
     :param max_pending_per_peer: the most of those from one peer address.
         At either cap the oldest such connection is closed for the new one.
     :param capture_output: send what session code prints to ``sys.stdout``
-        and ``sys.stderr`` to its client (see :mod:`pike.spiro.output`).
+        and ``sys.stderr`` to its client (see "Printed output" in the docs).
 
     Serve with :meth:`serve_forever` in the calling thread, or
     :meth:`start` for a thread of the server's own; :meth:`close` ends
@@ -664,7 +664,7 @@ class SpiroServer:
         _check_fd_limit(max_sessions, max_pending)
         self._own_poller = poller is None
         self.poller = make_poller() if poller is None else poller
-        #: The live sessions: session number -> session.
+        #: The live sessions, by session number.
         self.sessions = {}
         self._lock = threading.Lock()
         self._thread = None
