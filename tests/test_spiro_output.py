@@ -1,13 +1,17 @@
 """pike.spiro: what session code prints is printed by the client."""
 
 import io
+import pickle
+import socket
 import sys
+import time
 
 import pytest
 
 from pike import spiro
+from pike.spiro import protocol
 
-from spiro_support import KEY, serving
+from spiro_support import KEY, raw_connect, recv_frame, serving, wait_until
 
 
 @pytest.fixture
@@ -118,3 +122,33 @@ def test_output_for_a_client_that_cannot_print_is_dropped(session):
     session.stdout.close()
     session.do("print('lost')")
     assert session.eval("2") == 2
+
+
+def test_a_client_that_does_not_read_stops_its_session(server):
+    # 20 MB of printing to a client that reads nothing: the server holds a
+    # bounded amount of it, and all of it arrives once the client reads
+    lines, width = 2000, 10_000
+    sock = raw_connect(server.address)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        code = f"for i in range({lines}): print('x' * {width})"
+        sock.sendall(protocol.frame(pickle.dumps(("req", 1, "do", (code,)))))
+        assert wait_until(lambda: server.sessions)
+        (session,) = server.sessions.values()
+        connection = session.connection
+        assert wait_until(connection.is_writing_paused)
+        low, high = connection.get_write_buffer_limits()
+        bound = high + 2 * (1 << 16) * 4 + (256 << 10)   # + a frame or two + the window
+        for _ in range(20):                                # the worker is held back
+            assert connection.get_write_buffer_size() <= bound
+            time.sleep(0.02)
+        printed = 0
+        sock.settimeout(30)
+        while True:
+            message = pickle.loads(recv_frame(sock))
+            if message[0] == "out":
+                printed += len(message[2])
+            else:
+                assert message[0] == "ok" and message[1:] == (1, None), message[:2]
+                break
+        assert printed == lines * (width + 1)

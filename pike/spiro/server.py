@@ -72,6 +72,11 @@ logger = logging.getLogger("pike.spiro")
 _CLOSED = object()  # put in a session's queue when its connection closed
 _PAUSE_AT = 32  # frames queued for a worker before reading pauses
 _OUTPUT_BATCH = 8192  # characters of printed output held before they are sent
+# Bytes a worker may hand to the poller beyond what the connection's write
+# buffer holds: past it (or while the buffer is over its high water mark)
+# the worker waits, so a client that does not read stops its session
+# instead of growing the server's memory.
+_SEND_WINDOW = 256 << 10
 #: The handshake reply to a key holder when the server has all the sessions it takes.
 BUSY = b"BUSY"
 
@@ -169,8 +174,14 @@ class _Session:
                 f"a message of {len(body)} bytes is over the frame limit "
                 f"({self.server.max_frame_size})"
             )
+        data = frame(body)
+        connection = self.connection
+        connection.wait_for_room()
+        if connection.closed:
+            raise _SessionClosed()
+        connection.in_flight(len(data))
         try:
-            self.server.poller.call_soon_threadsafe(self.connection._send_frame, frame(body))
+            self.server.poller.call_soon_threadsafe(connection._send_frame, data)
         except Exception:
             raise _SessionClosed() from None
 
@@ -425,6 +436,9 @@ class _Connection(Chat):
         self._header = True
         self._paused = False
         self._refused = False
+        self._flow = threading.Condition()
+        self._in_flight = 0            # bytes handed over by the worker, not yet pushed
+        self._output_paused = False    # the write buffer is over its high water mark
         self._nonce = protocol.make_nonce()
         self._timer = None
         super().__init__(alternate_poller, sock)
@@ -523,9 +537,34 @@ class _Connection(Chat):
     # -- output, idleness, closing ---------------------------------------------------
 
     def _send_frame(self, data):
+        # in the poller's thread: a frame from the worker
         if not self.closed:
             self._last = self.poller.time()
             self.push(data)
+        with self._flow:
+            self._in_flight -= len(data)
+            self._flow.notify_all()
+
+    def in_flight(self, size):
+        """The worker hands ``size`` more bytes to the poller."""
+        with self._flow:
+            self._in_flight += size
+
+    def wait_for_room(self):
+        """In the worker's thread: wait until the client has read enough."""
+        with self._flow:
+            while not self.closed and (self._output_paused or self._in_flight > _SEND_WINDOW):
+                self._flow.wait(1.0)
+
+    def handle_pause_writing(self):
+        with self._flow:
+            self._output_paused = True
+
+    def handle_resume_writing(self):
+        with self._flow:
+            self._output_paused = False
+            self._flow.notify_all()
+        super().handle_resume_writing()
 
     def _restart_timer(self, delay):
         if self._timer is not None:
@@ -565,6 +604,8 @@ class _Connection(Chat):
         if self.closed:
             return
         super().close()
+        with self._flow:
+            self._flow.notify_all()   # a worker waiting for room: it is over
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
