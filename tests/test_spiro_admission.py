@@ -102,6 +102,13 @@ def test_pending_at_the_global_cap_the_busiest_peer_gives_way():
         PendingConnections(limit=0, per_peer=1)
 
 
+@pytest.mark.parametrize("limit", ["max_sessions", "max_pending", "max_pending_per_peer",
+                                   "max_nesting", "max_frame_size"])
+def test_limits_below_one_are_refused(limit):
+    with pytest.raises(ValueError, match="at least 1"):
+        spiro.SpiroServer(authkey=KEY, **{limit: 0})
+
+
 def test_drop_log_is_bounded():
     now = [0.0]
     records = []

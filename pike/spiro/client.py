@@ -49,6 +49,7 @@ _CALLBACK_TYPES = (
 _ALLOWED_GLOBALS = frozenset({("builtins", "complex")})
 _SHAPES = {"ok": 3, "err": 3, "cb": 5, "cbrelease": 2, "out": 3}
 _BUSY = b"BUSY"  # the server's handshake reply when all its sessions are taken
+_STREAMS = ("stdout", "stderr")
 
 
 class callback:  # noqa: N801 - reads like a function
@@ -225,7 +226,7 @@ class Session:
         raise pickle.UnpicklingError("a bad persistent id")
 
     def _write_output(self, stream, text):
-        if stream not in ("stdout", "stderr") or type(text) is not str:
+        if type(stream) is not str or type(text) is not str or stream not in _STREAMS:
             raise ProtocolError("a malformed output notice")
         target = getattr(self, stream)
         if target is None:

@@ -689,7 +689,7 @@ class SpiroServer:
         #: The shared key, as bytes.
         self.authkey = protocol.as_key(authkey)
         for name, value in (("max_frame_size", max_frame_size), ("max_nesting", max_nesting),
-                            ("max_sessions", max_sessions or 1)):
+                            ("max_sessions", 1 if max_sessions is None else max_sessions)):
             if value < 1:
                 raise ValueError(f"{name} must be at least 1")
         self.idle_timeout = idle_timeout
@@ -699,7 +699,8 @@ class SpiroServer:
         self.max_sessions = max_sessions
         #: The connections still authenticating (see :mod:`pike.spiro.admission`).
         self.pending = PendingConnections(max_pending, min(max_pending_per_peer, max_pending))
-        #: Counts of the connections turned away before authenticating, by reason.
+        #: Logs the connections turned away before authenticating, boundedly;
+        #: ``drop_log.totals`` counts them by reason.
         self.drop_log = DropLog(logger)
         self.capture_output = capture_output
         _check_fd_limit(max_sessions, max_pending)
