@@ -113,7 +113,15 @@ def test_nesting_through_the_memo_counts():
 ])
 def test_malformed_pickles_are_refused(body):
     with pytest.raises(NestingError):
-        check_nesting(body)
+        check_nesting(body, max_depth=1)   # longer than that: walked
+
+
+def test_a_body_too_short_to_nest_deep_is_not_walked():
+    body = pickle.dumps(("req", 12, "eval", ("1",)))
+    check_nesting(body, max_depth=len(body))
+    check_nesting(b"\x80\x04\x85.", max_depth=4)      # malformed: left to the unpickler
+    with pytest.raises(NestingError):
+        check_nesting(b"\x80\x04)\x85\x85.", max_depth=1)
 
 
 @settings(max_examples=300, deadline=None)

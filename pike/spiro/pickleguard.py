@@ -101,13 +101,18 @@ def _skip_line(body, pos):
 
 
 def check_nesting(body, max_depth=DEFAULT_MAX_NESTING):
-    """Raise :exc:`NestingError` unless ``body`` is one well-formed pickle
-    whose containers nest at most ``max_depth`` deep.
+    """Raise :exc:`NestingError` when the containers of the pickle ``body``
+    nest deeper than ``max_depth``, or when the walk finds it malformed.
 
-    Runs in time linear in ``len(body)``, and builds no object of the pickle.
+    Runs in time linear in ``len(body)``, and builds no object of the
+    pickle. A body of at most ``max_depth`` bytes is let through unread
+    (the unpickler still checks its form): every level of nesting takes an
+    opcode of its own, so it cannot nest deeper. Most messages are that short.
     """
     body = bytes(body)
     size = len(body)
+    if 0 < size <= max_depth:
+        return
     stack = []   # per item: an int depth, or a one-item list (a shared cell)
     marks = []   # stack lengths at each MARK
     memo = {}
