@@ -135,7 +135,8 @@ def as_key(authkey):
         raise TypeError("authkey must be bytes or str")
     if len(authkey) < MIN_KEY_LENGTH:
         raise ValueError(
-            f"the authkey is {len(authkey)} bytes long; at least {MIN_KEY_LENGTH} are needed "
+            f"the authkey is {len(authkey)} byte{'' if len(authkey) == 1 else 's'} long; "
+            f"at least {MIN_KEY_LENGTH} are needed "
             "(make one with: python -c \"import secrets; print(secrets.token_hex(32))\")"
         )
     return bytes(authkey)
