@@ -23,7 +23,7 @@ def main(argv=None):
     parser.add_argument("--sessions", type=int, default=200)
     args = parser.parse_args(argv)
     key = secrets.token_hex(16)
-    server = spiro.SpiroServer(authkey=key).start()
+    server = spiro.SpiroServer(authkey=key, max_sessions=args.sessions + 1).start()
     try:
         with spiro.connect(server.address, key) as session:
             calls, start = 0, time.perf_counter()

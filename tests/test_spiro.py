@@ -6,7 +6,6 @@ import pickle
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
 
@@ -15,27 +14,14 @@ import pytest
 from pike import spiro
 from pike.spiro import protocol
 
-KEY = b"test key, not secret"
-
-
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+from spiro_support import KEY, closed_by_peer, recv_frame, serving, spiro_cli, wait_until
+from spiro_support import raw_connect as _raw_connect
 
 
 @pytest.fixture
 def server():
-    threads_before = threading.active_count()
-    srv = spiro.SpiroServer(authkey=KEY, idle_timeout=10.0, auth_timeout=1.0).start()
-    try:
+    with serving(idle_timeout=10.0, auth_timeout=1.0) as srv:
         yield srv
-    finally:
-        srv.close()
-    assert wait_until(lambda: threading.active_count() <= threads_before), threading.enumerate()
 
 
 @pytest.fixture
@@ -45,45 +31,7 @@ def session(server):
 
 
 def raw_connect(server, authenticate=True, key=KEY):
-    """A plain socket to the server, past the handshake when asked."""
-    sock = socket.create_connection(server.address, timeout=5)
-    hello = recv_frame(sock)
-    assert hello.startswith(protocol.MAGIC)
-    if authenticate:
-        server_nonce = hello[len(protocol.MAGIC):]
-        client_nonce = os.urandom(32)
-        proof = protocol.mac(key, b"client", server_nonce, client_nonce)
-        sock.sendall(protocol.frame(protocol.MAGIC + proof + client_nonce))
-        reply = recv_frame(sock)
-        assert reply == b"OK" + protocol.mac(key, b"server", server_nonce, client_nonce)
-    return sock
-
-
-def recv_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            return data
-        data += chunk
-    return data
-
-
-def recv_frame(sock):
-    (size,) = struct.unpack(">I", recv_exact(sock, 4))
-    return recv_exact(sock, size)
-
-
-def closed_by_peer(sock, timeout=5.0):
-    sock.settimeout(timeout)
-    try:
-        while True:
-            if not sock.recv(65536):
-                return True
-    except ConnectionResetError:
-        return True
-    except socket.timeout:
-        return False
+    return _raw_connect(server.address, authenticate, key)
 
 
 # -- operations -----------------------------------------------------------------
@@ -332,7 +280,7 @@ def test_many_concurrent_sessions(server):
 def test_wrong_key(server, caplog):
     with caplog.at_level(logging.WARNING, logger="pike.spiro"):
         with pytest.raises(spiro.AuthenticationError):
-            spiro.connect(server.address, b"not the key")
+            spiro.connect(server.address, b"not the key, but long enough")
         assert wait_until(lambda: "failed authentication" in caplog.text)
     assert not server.sessions
     with spiro.connect(server.address, KEY) as s:
@@ -460,23 +408,17 @@ def test_idle_session_times_out(caplog):
 # -- the command line ---------------------------------------------------------------
 
 
-def _pike(*args, **kwargs):
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env.pop("PIKE_SPIRO_AUTHKEY", None)
-    return subprocess.Popen([sys.executable, "-m", "pike", "spiro", *args], env=env,
-                            text=True, **kwargs)
-
-
 def test_cli_serve_and_shell(tmp_path):
     keyfile = tmp_path / "key"
-    keyfile.write_text("cli key\n")
-    server = _pike("serve", "--port", "0", "--authkey-file", str(keyfile),
+    keyfile.write_text("cli key, long enough\n")
+    keyfile.chmod(0o600)
+    server = spiro_cli("serve", "--port", "0", "--authkey-file", str(keyfile),
                    stdout=subprocess.PIPE)
     try:
         line = server.stdout.readline()
         assert line.startswith("spiro: listening on 127.0.0.1:"), line
         address = line.split()[-1]
-        shell = _pike("shell", address, "--authkey-file", str(keyfile),
+        shell = spiro_cli("shell", address, "--authkey-file", str(keyfile),
                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = shell.communicate(
             "x = 6 * 7\nx\n[x, x]\n1/0\n'after'\nimport os\nos.getpid() > 0\n", timeout=20
@@ -488,8 +430,9 @@ def test_cli_serve_and_shell(tmp_path):
         assert "ZeroDivisionError" in out
         assert lines[-2:] == ["'after'", "True"]
         wrong = tmp_path / "wrong"
-        wrong.write_text("wrong key")
-        shell = _pike("shell", address, "--authkey-file", str(wrong),
+        wrong.write_text("wrong key, long enough")
+        wrong.chmod(0o600)
+        shell = spiro_cli("shell", address, "--authkey-file", str(wrong),
                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         out, err = shell.communicate("1\n", timeout=20)
         assert shell.returncode == 1 and "key" in err
@@ -501,7 +444,7 @@ def test_cli_serve_and_shell(tmp_path):
 
 
 def test_cli_serve_makes_a_key_and_refuses_public_without_one():
-    server = _pike("serve", "--port", "0", stdout=subprocess.PIPE)
+    server = spiro_cli("serve", "--port", "0", stdout=subprocess.PIPE)
     try:
         address = server.stdout.readline().split()[-1]
         key = server.stdout.readline().split()[-1]
@@ -511,7 +454,7 @@ def test_cli_serve_makes_a_key_and_refuses_public_without_one():
         server.terminate()
         server.wait(10)
         server.stdout.close()
-    refused = _pike("serve", "--host", "0.0.0.0", "--port", "0",
+    refused = spiro_cli("serve", "--host", "0.0.0.0", "--port", "0",
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = refused.communicate(timeout=20)
     assert refused.returncode == 2 and "loopback" in err

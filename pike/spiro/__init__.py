@@ -9,6 +9,8 @@ rules.
 from .client import Proxy, Session, callback, connect
 from .protocol import (
     DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_NESTING,
+    MIN_KEY_LENGTH,
     AuthenticationError,
     ProtocolError,
     RemoteError,
@@ -17,6 +19,8 @@ from .server import SpiroServer
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_MAX_NESTING",
+    "MIN_KEY_LENGTH",
     "AuthenticationError",
     "ProtocolError",
     "Proxy",

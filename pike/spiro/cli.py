@@ -3,78 +3,158 @@
 ::
 
     python -m pike spiro serve [--host H] [--port P] [--authkey-file F]
-                               [--idle-timeout S] [-v]
+                               [--idle-timeout S] [--auth-timeout S]
+                               [--max-sessions N] [--max-pending N]
+                               [--max-pending-per-peer N]
+                               [--max-frame-size BYTES] [--max-nesting N] [-v]
     python -m pike spiro shell HOST:PORT [--authkey-file F]
 
+The key comes from ``--authkey-file`` or else from the environment
+variable ``PIKE_SPIRO_AUTHKEY``; it must be at least 16 bytes long, and a
+key file that its group or others may read or write is refused, as ssh
+refuses such a private key (``chmod 600`` it).
+
 ``serve`` prints where it listens (``spiro: listening on 127.0.0.1:40123``)
-and, when no key file is given, the random key it made
-(``spiro: authkey <hex>``); it serves until SIGINT or SIGTERM. The key may
-also be given in the environment variable ``PIKE_SPIRO_AUTHKEY``.
+and, when it was given no key, the random key it made
+(``spiro: authkey <hex>``); it serves until SIGINT or SIGTERM. Its limits
+are shown, with their defaults, by ``python -m pike spiro serve --help``.
 
 ``shell`` reads lines from its standard input: a line that is an
 expression is evaluated and its ``repr`` printed, any other line is run as
-statements. A remote exception prints its remote traceback and the prompt
-goes on. End of input ends the shell.
+statements. What the code prints on the server is printed by the shell.
+A remote exception prints its remote traceback and the prompt goes on.
+End of input ends the shell.
 
-:func:`main` takes the arguments that follow ``spiro``.
+A wrong argument -- a port out of range, an address that cannot be
+listened on, a missing or unsafe key file -- is reported in one line,
+``python -m pike spiro ...: error: ...``, with exit status 2.
+
+``main(argv)`` takes the arguments that follow ``spiro``.
 """
 
 import argparse
 import logging
-import os
 import signal
 import sys
 
+from .admission import DEFAULT_MAX_PENDING, DEFAULT_MAX_PENDING_PER_PEER, DEFAULT_MAX_SESSIONS
+from .keys import ENV_KEY, KeyFileError, key_from_env, read_key_file
+from .protocol import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_NESTING
+
 __all__ = ["main"]
 
-_ENV_KEY = "PIKE_SPIRO_AUTHKEY"
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with an error in one line: no usage dump above it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _port(text):
+    if not (text.isascii() and text.isdigit()) or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: a number from 0 to 65535")
+    return int(text)
+
+
+def _count(text):
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: a whole number from 1 up")
+    return int(text)
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"invalid time {text!r}: seconds, more than 0")
+    return value
+
+
+def _address(text):
+    from .client import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _parser():
-    parser = argparse.ArgumentParser(prog="python -m pike spiro",
-                                     description="SPIRO remote interpreter sessions.")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="python -m pike spiro",
+                     description="SPIRO remote interpreter sessions.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                     parser_class=_Parser)
     commands.required = True
     serve = commands.add_parser("serve", help="run a SPIRO server")
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=0,
+    serve.add_argument("--port", type=_port, default=0,
                        help="TCP port (default 0: any free port, printed)")
     serve.add_argument("--authkey-file", metavar="FILE",
-                       help="file holding the shared key (default: "
-                            f"${_ENV_KEY}, else a random key, printed)")
-    serve.add_argument("--idle-timeout", type=float, default=300.0, metavar="S",
+                       help="file holding the shared key, mode 600 (default: "
+                            f"${ENV_KEY}, else a random key, printed)")
+    serve.add_argument("--idle-timeout", type=_seconds, default=300.0, metavar="S",
                        help="close a session silent this long (default 300)")
+    serve.add_argument("--auth-timeout", type=_seconds, default=10.0, metavar="S",
+                       help="close a connection not authenticated this long (default 10)")
+    serve.add_argument("--max-sessions", type=_count, default=DEFAULT_MAX_SESSIONS,
+                       metavar="N",
+                       help=f"authenticated sessions at once (default {DEFAULT_MAX_SESSIONS})")
+    serve.add_argument("--max-pending", type=_count, default=DEFAULT_MAX_PENDING, metavar="N",
+                       help="connections still authenticating at once; at the cap the "
+                            f"oldest is closed (default {DEFAULT_MAX_PENDING})")
+    serve.add_argument("--max-pending-per-peer", type=_count,
+                       default=DEFAULT_MAX_PENDING_PER_PEER, metavar="N",
+                       help="of those, from one peer address "
+                            f"(default {DEFAULT_MAX_PENDING_PER_PEER})")
+    serve.add_argument("--max-frame-size", type=_count, default=DEFAULT_MAX_FRAME_SIZE,
+                       metavar="BYTES",
+                       help=f"longest message taken or sent (default {DEFAULT_MAX_FRAME_SIZE})")
+    serve.add_argument("--max-nesting", type=_count, default=DEFAULT_MAX_NESTING, metavar="N",
+                       help=f"deepest nesting of one message (default {DEFAULT_MAX_NESTING})")
     serve.add_argument("-v", "--verbose", action="store_true", help="log sessions")
+    serve.set_defaults(run=_serve, parser=serve)
     shell = commands.add_parser("shell", help="an interactive remote prompt")
-    shell.add_argument("address", metavar="HOST:PORT")
+    shell.add_argument("address", metavar="HOST:PORT", type=_address)
     shell.add_argument("--authkey-file", metavar="FILE",
-                       help=f"file holding the shared key (default: ${_ENV_KEY})")
+                       help=f"file holding the shared key, mode 600 (default: ${ENV_KEY})")
+    shell.set_defaults(run=_shell, parser=shell)
     return parser
 
 
-def _read_key(path):
-    if path is not None:
-        with open(path, "rb") as f:
-            key = f.read().strip()
-        if not key:
-            raise SystemExit(f"spiro: the key file {path} is empty")
-        return key
-    key = os.environ.get(_ENV_KEY)
-    return key or None
+def _read_key(args):
+    try:
+        if args.authkey_file is not None:
+            return read_key_file(args.authkey_file)
+        return key_from_env()
+    except KeyFileError as exc:
+        args.parser.error(str(exc))
 
 
 def _serve(args):
     from .server import SpiroServer
 
+    key = _read_key(args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(message)s")
     try:
-        server = SpiroServer((args.host, args.port), _read_key(args.authkey_file),
-                             idle_timeout=args.idle_timeout)
+        server = SpiroServer(
+            (args.host, args.port), key,
+            idle_timeout=args.idle_timeout,
+            auth_timeout=args.auth_timeout,
+            max_sessions=args.max_sessions,
+            max_pending=args.max_pending,
+            max_pending_per_peer=args.max_pending_per_peer,
+            max_frame_size=args.max_frame_size,
+            max_nesting=args.max_nesting,
+        )
     except ValueError as exc:
-        print(f"spiro: {exc}", file=sys.stderr)
-        return 2
+        args.parser.error(str(exc))
+    except OSError as exc:
+        args.parser.error(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}")
 
     def stop(signum, frame):
         raise KeyboardInterrupt
@@ -97,17 +177,17 @@ def _shell(args):
     from . import connect
     from .protocol import AuthenticationError
 
-    key = _read_key(args.authkey_file)
+    key = _read_key(args)
     if key is None:
-        print(f"spiro: give --authkey-file or set ${_ENV_KEY}", file=sys.stderr)
-        return 2
+        args.parser.error(f"give --authkey-file or set ${ENV_KEY}")
+    host, port = args.address
     try:
         session = connect(args.address, key)
     except AuthenticationError as exc:
         print(f"spiro: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"spiro: cannot connect to {args.address}: {exc}", file=sys.stderr)
+        print(f"spiro: cannot connect to {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     interactive = sys.stdin.isatty()
     with session:
@@ -142,6 +222,4 @@ def _shell(args):
 
 def main(argv=None):
     args = _parser().parse_args(argv)
-    if args.command == "serve":
-        return _serve(args)
-    return _shell(args)
+    return args.run(args)

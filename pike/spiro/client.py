@@ -4,24 +4,33 @@ A :class:`Session` is used from one thread at a time (a lock makes other
 threads wait). While it waits for a reply it serves the server's callback
 requests, calling the client's own functions, which may make requests of
 their own: these nest on the one connection.
+
+Nothing a server sends can take the client's process down: a frame is
+checked for size and nesting before it is unpickled, only ``complex`` may
+be named as a global in it, and its shape is checked by type. A frame that
+fails any of this closes the session with :exc:`~pike.spiro.ProtocolError`.
 """
 
 import functools
 import itertools
 import pickle
 import socket
+import sys
 import threading
 import types
 
 from . import protocol
+from .pickleguard import NestingError, check_nesting
 from .protocol import (
     DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_NESTING,
     HEADER,
     MAC_SIZE,
     MAGIC,
     NONCE_SIZE,
     AuthenticationError,
     ProtocolError,
+    check_message,
     decode_exception,
     encode_exception,
     frame,
@@ -35,6 +44,12 @@ _CALLBACK_TYPES = (
     types.BuiltinMethodType,
     functools.partial,
 )
+
+# What a server may send: only values by value, so no global but complex.
+_ALLOWED_GLOBALS = frozenset({("builtins", "complex")})
+_SHAPES = {"ok": 3, "err": 3, "cb": 5, "cbrelease": 2, "out": 3}
+_BUSY = b"BUSY"  # the server's handshake reply when all its sessions are taken
+_STREAMS = ("stdout", "stderr")
 
 
 class callback:  # noqa: N801 - reads like a function
@@ -56,23 +71,33 @@ class callback:  # noqa: N801 - reads like a function
 
 
 def parse_address(address):
-    """``(host, port)`` from a tuple or a ``"host:port"`` string."""
+    """``(host, port)`` from a tuple or a ``"host:port"`` string.
+
+    Raises ValueError for a string that is not ``HOST:PORT`` with a port
+    from 1 to 65535.
+    """
     if isinstance(address, str):
         host, sep, port = address.rpartition(":")
         if not sep:
             raise ValueError(f"an address is HOST:PORT, not {address!r}")
+        if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+            raise ValueError(f"the port of {address!r} is not a number from 1 to 65535")
         return (host.strip("[]") or "127.0.0.1", int(port))
     return tuple(address)
 
 
-def connect(address, authkey, *, timeout=10.0, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
+def connect(address, authkey, *, timeout=10.0, max_frame_size=DEFAULT_MAX_FRAME_SIZE,
+            max_nesting=DEFAULT_MAX_NESTING):
     """Open a :class:`Session` on the SPIRO server at ``address``.
 
     ``address`` is ``(host, port)`` or ``"host:port"``; ``authkey`` the
-    shared key (bytes or str), without which nothing is attempted.
-    ``timeout`` bounds connecting and the handshake; after it the session
-    waits for replies as long as they take. Raises
-    :exc:`~pike.spiro.AuthenticationError` when the key is wrong.
+    shared key (bytes or str, at least 16 bytes), without which nothing is
+    attempted. ``timeout`` bounds connecting and the handshake; after it
+    the session waits for replies as long as they take. ``max_frame_size``
+    and ``max_nesting`` bound what the server may send. Raises
+    :exc:`~pike.spiro.AuthenticationError` when the key is wrong, and
+    :exc:`ConnectionRefusedError` when the server has all the sessions it
+    takes.
     """
     if authkey is None:
         raise ValueError("a SPIRO server needs its authkey")
@@ -80,7 +105,7 @@ def connect(address, authkey, *, timeout=10.0, max_frame_size=DEFAULT_MAX_FRAME_
     sock = socket.create_connection(parse_address(address), timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        session = Session(sock, max_frame_size)
+        session = Session(sock, max_frame_size, max_nesting)
         session._handshake(key)
         sock.settimeout(None)
     except BaseException:
@@ -95,12 +120,22 @@ class Session:
     Its namespace lives on the server, for as long as the connection does.
     Results come back by value when immutable (numbers, strings, bytes,
     None, tuples and frozensets of such), otherwise as a :class:`Proxy`.
+
+    What the server-side code prints is written to :attr:`stdout` and
+    :attr:`stderr`: file objects, or None (the default) for whatever
+    ``sys.stdout`` / ``sys.stderr`` are when the text arrives.
     """
 
-    def __init__(self, sock, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
+    def __init__(self, sock, max_frame_size=DEFAULT_MAX_FRAME_SIZE,
+                 max_nesting=DEFAULT_MAX_NESTING):
         self._sock = sock
         self._rfile = sock.makefile("rb")
         self.max_frame_size = max_frame_size
+        self.max_nesting = max_nesting
+        #: Where the server's printed output goes; None means ``sys.stdout``.
+        self.stdout = None
+        #: Where the server's error output goes; None means ``sys.stderr``.
+        self.stderr = None
         self._lock = threading.RLock()
         self._rids = itertools.count(1)
         self._cids = itertools.count(1)
@@ -134,6 +169,8 @@ class Session:
             reply = self._read_frame(protocol.HANDSHAKE_MAX_FRAME_SIZE)
         except ConnectionError:
             raise AuthenticationError("the server refused the key") from None
+        if reply == _BUSY:
+            raise ConnectionRefusedError("the SPIRO server has all the sessions it takes")
         expected = protocol.mac(key, b"server", server_nonce, client_nonce)
         if (
             len(reply) != 2 + MAC_SIZE
@@ -148,6 +185,10 @@ class Session:
             raise ValueError(
                 f"a message of {len(body)} bytes is over the frame limit ({self.max_frame_size})"
             )
+        try:  # the server would close the session for it: say why here instead
+            check_nesting(body, self.max_nesting)
+        except NestingError as exc:
+            raise ValueError(f"a message the server would refuse: {exc}") from None
         self._sock.sendall(frame(body))
 
     def _persistent_id(self, obj):
@@ -164,19 +205,37 @@ class Session:
     def _receive(self):
         body = self._read_frame(self.max_frame_size)
         try:
-            message = protocol.loads(body, self._persistent_load)
-        except Exception as exc:
-            raise ProtocolError(f"a malformed message from the server ({exc!r:.200})") from None
-        if type(message) is not tuple or not message:
-            raise ProtocolError("a malformed message from the server")
+            message = protocol.loads(body, self._persistent_load, self.max_nesting,
+                                     _ALLOWED_GLOBALS)
+            check_message(message, _SHAPES)
+            if message[0] in ("ok", "err", "cb") and type(message[1]) is not int:
+                raise ValueError("an id that is not an int")
+        except Exception as exc:  # MemoryError and RecursionError too
+            raise ProtocolError(
+                f"a malformed message from the server ({type(exc).__name__}: {str(exc):.200})"
+            ) from None
         return message
 
     def _persistent_load(self, pid):
-        if pid[0] == "ref":
-            return Proxy(self, pid[1], pid[2])
-        if pid[0] == "cb":
-            return self._callbacks[pid[1]]
-        raise pickle.UnpicklingError(f"bad persistent id {pid!r:.100}")
+        if type(pid) is tuple and len(pid) == 3 and pid[0] == "ref":
+            if type(pid[1]) is int and type(pid[2]) is str:
+                return Proxy(self, pid[1], pid[2])
+        elif type(pid) is tuple and len(pid) == 2 and pid[0] == "cb":
+            if type(pid[1]) is int and pid[1] in self._callbacks:
+                return self._callbacks[pid[1]]
+        raise pickle.UnpicklingError("a bad persistent id")
+
+    def _write_output(self, stream, text):
+        if type(stream) is not str or type(text) is not str or stream not in _STREAMS:
+            raise ProtocolError("a malformed output notice")
+        target = getattr(self, stream)
+        if target is None:
+            target = getattr(sys, stream)
+        try:
+            target.write(text)
+            target.flush()
+        except (OSError, ValueError, AttributeError):
+            pass  # no place to print to: the output is lost, the session is not
 
     def _request(self, op, *args):
         with self._lock:
@@ -202,11 +261,14 @@ class Session:
                         if message[1] != rid:
                             raise ProtocolError(f"a reply to {message[1]!r}, expected {rid}")
                         break
-                    if kind == "cb":
+                    if kind == "out":
+                        self._write_output(message[1], message[2])
+                    elif kind == "cb":
                         self._serve_callback(*message[1:])
                     elif kind == "cbrelease":
-                        for cid in message[1]:
-                            self._callbacks.pop(cid, None)
+                        for cid in message[1] if type(message[1]) is tuple else ():
+                            if type(cid) is int:
+                                self._callbacks.pop(cid, None)
                     else:
                         raise ProtocolError(f"unexpected {kind!r} message")
             except BaseException:
@@ -217,6 +279,8 @@ class Session:
         raise decode_exception(message[2])
 
     def _serve_callback(self, rid, cid, args, kwargs):
+        if type(cid) is not int or type(args) is not tuple or type(kwargs) is not dict:
+            raise ProtocolError("a malformed callback request")
         try:
             fn = self._callbacks[cid]
             result = fn(*args, **kwargs)

@@ -27,10 +27,19 @@ After it, every frame is one pickled message, a tuple:
     The reply to the request ``rid`` of the other side.
 ``("release", oids)`` / ``("cbrelease", cids)``
     Notices (no reply): the sender no longer refers to these ids.
+``("out", stream, text)``
+    A notice from the server: text that the code a request runs wrote to
+    ``"stdout"`` or ``"stderr"``; the client writes it to its own stream.
 
 Either side may send a request while it waits for a reply, so the requests
 of one connection nest like calls on a stack: a reply always answers the
 innermost request still open.
+
+Before a body is unpickled, its opcodes are walked to bound how deep it
+nests (:mod:`pike.spiro.pickleguard`), and after it the message's shape is
+checked by type, never by hashing or comparing what a peer sent; the
+client also refuses every global but ``complex`` (a server sends nothing
+else by value).
 
 Objects cross by value when :func:`by_value` says so, and otherwise as
 pickle *persistent ids*: ``("ref", oid, type_name)`` for a server object
@@ -47,18 +56,25 @@ import pickle
 import struct
 import traceback
 
+from .pickleguard import DEFAULT_MAX_NESTING, check_nesting
+
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_MAX_NESTING",
+    "MIN_KEY_LENGTH",
     "AuthenticationError",
     "ProtocolError",
     "RemoteError",
     "by_value",
+    "check_message",
     "decode_exception",
     "encode_exception",
 ]
 
 #: The default limit of one frame, 16 MiB.
 DEFAULT_MAX_FRAME_SIZE = 16 << 20
+#: The shortest key taken, in bytes.
+MIN_KEY_LENGTH = 16
 #: The limit of a frame before authentication.
 HANDSHAKE_MAX_FRAME_SIZE = 256
 
@@ -82,8 +98,8 @@ class ProtocolError(ConnectionError):
 class RemoteError(Exception):
     """An exception raised on the other side that cannot be rebuilt here.
 
-    :attr:`type_name` is the remote exception's ``module.qualname``,
-    :attr:`remote_traceback` its formatted traceback.
+    ``type_name`` is the remote exception's ``module.qualname``,
+    ``remote_traceback`` its formatted traceback.
     """
 
     def __init__(self, type_name, message, remote_traceback):
@@ -107,14 +123,40 @@ def mac(key, role, server_nonce, client_nonce):
 
 
 def as_key(authkey):
-    """A key as bytes; a str is UTF-8 encoded. An empty key is refused."""
+    """A key as bytes; a str is UTF-8 encoded.
+
+    A key shorter than :data:`MIN_KEY_LENGTH` bytes is refused with
+    ValueError: a short key can be guessed offline from one recorded
+    handshake.
+    """
     if isinstance(authkey, str):
         authkey = authkey.encode("utf-8")
     if not isinstance(authkey, (bytes, bytearray)):
         raise TypeError("authkey must be bytes or str")
-    if not authkey:
-        raise ValueError("authkey must not be empty")
+    if len(authkey) < MIN_KEY_LENGTH:
+        raise ValueError(
+            f"the authkey is {len(authkey)} byte{'' if len(authkey) == 1 else 's'} long; "
+            f"at least {MIN_KEY_LENGTH} are needed "
+            "(make one with: python -c \"import secrets; print(secrets.token_hex(32))\")"
+        )
     return bytes(authkey)
+
+
+def check_message(message, shapes):
+    """The kind of ``message``, a tuple whose first item names its kind.
+
+    ``shapes`` maps each kind to the message's length. Only types are
+    looked at, so nothing a peer built (a tuple nested deep, an object with
+    its own ``__eq__``) is hashed or compared. Raises ValueError.
+    """
+    if type(message) is not tuple or not message:
+        raise ValueError("not a SPIRO message")
+    kind = message[0]
+    if type(kind) is not str or kind not in shapes:
+        raise ValueError("not a SPIRO message")
+    if len(message) != shapes[kind]:
+        raise ValueError(f"a {kind!r} message of the wrong length")
+    return kind
 
 
 def by_value(obj, _depth=0):
@@ -160,14 +202,19 @@ def decode_exception(info):
     traceback in ``remote_traceback`` and in a note; anything else becomes
     a :class:`RemoteError`.
     """
-    try:
-        module, qualname, args, message, text = info
-    except (TypeError, ValueError):
-        return ProtocolError(f"malformed exception info {info!r:.200}")
+    if type(info) is not tuple or len(info) != 5:
+        return ProtocolError("malformed exception info")
+    module, qualname, args, message, text = info
+    if not all(type(item) is str for item in (module, qualname, message, text)) or (
+        type(args) is not tuple
+    ):
+        return ProtocolError("malformed exception info")
     exc = None
-    if module == "builtins" and isinstance(qualname, str):
+    if module == "builtins":
         kind = getattr(builtins, qualname, None)
-        if isinstance(kind, type) and issubclass(kind, BaseException):
+        # Only an Exception is rebuilt: a peer must not make this side
+        # raise SystemExit or KeyboardInterrupt.
+        if isinstance(kind, type) and issubclass(kind, Exception):
             try:
                 exc = kind(*args)
             except Exception:
@@ -175,7 +222,8 @@ def decode_exception(info):
     if exc is None:
         exc = RemoteError(f"{module}.{qualname}", message, text)
     exc.remote_traceback = text
-    exc.add_note("--- remote traceback ---\n" + text.rstrip())
+    if hasattr(exc, "add_note"):  # Python 3.11 and later
+        exc.add_note("--- remote traceback ---\n" + text.rstrip())
     return exc
 
 
@@ -191,12 +239,18 @@ class _HookedPickler(pickle.Pickler):
 
 
 class _HookedUnpickler(pickle.Unpickler):
-    def __init__(self, file, hook):
+    def __init__(self, file, hook, allowed_globals):
         super().__init__(file)
         self._hook = hook
+        self._allowed = allowed_globals
 
     def persistent_load(self, pid):
         return self._hook(pid)
+
+    def find_class(self, module, name):
+        if self._allowed is not None and (module, name) not in self._allowed:
+            raise pickle.UnpicklingError(f"the global {module}.{name} is not allowed here")
+        return super().find_class(module, name)
 
 
 def dumps(message, persistent_id):
@@ -206,6 +260,12 @@ def dumps(message, persistent_id):
     return out.getvalue()
 
 
-def loads(body, persistent_load):
-    """Unpickle a message body, resolving ids with ``persistent_load``."""
-    return _HookedUnpickler(io.BytesIO(body), persistent_load).load()
+def loads(body, persistent_load, max_nesting=DEFAULT_MAX_NESTING, allowed_globals=None):
+    """Unpickle a message body, resolving ids with ``persistent_load``.
+
+    The body is refused (:exc:`pickle.UnpicklingError`) when its containers
+    nest deeper than ``max_nesting``, before any object is built; with
+    ``allowed_globals`` (a set of ``(module, name)``), so is any other global.
+    """
+    check_nesting(body, max_nesting)
+    return _HookedUnpickler(io.BytesIO(body), persistent_load, allowed_globals).load()

@@ -10,6 +10,15 @@ waits for session code, and a session may block (in a callback to its
 client, or in code it runs) without holding up the others. A callback is
 a request the worker sends, after which it keeps taking messages from its
 queue, running the client's nested requests, until the reply comes.
+
+What a session's code writes to ``sys.stdout``/``sys.stderr`` goes back to
+its client as ``out`` notices (:mod:`pike.spiro.output`), sent before the
+reply of the request that wrote it.
+
+Admission. Connections that have not authenticated yet are capped in all
+and per peer address (:mod:`pike.spiro.admission`), the oldest giving way
+to the newest; sessions are capped, and a key holder past that cap is told
+so. The listener stops accepting only when both caps are reached.
 """
 
 import builtins
@@ -23,13 +32,27 @@ import queue
 import secrets
 import threading
 
+try:
+    import resource
+except ImportError:  # not on Windows
+    resource = None
+
 from pike.chat import Chat
 from pike.poller import make_poller
 from pike.server.listener import Listener
 
-from . import protocol
+from . import output, protocol
+from .admission import (
+    DEFAULT_MAX_PENDING,
+    DEFAULT_MAX_PENDING_PER_PEER,
+    DEFAULT_MAX_SESSIONS,
+    DropLog,
+    PendingConnections,
+    peer_of,
+)
 from .protocol import (
     DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_NESTING,
     HANDSHAKE_MAX_FRAME_SIZE,
     HEADER,
     MAC_SIZE,
@@ -37,6 +60,7 @@ from .protocol import (
     NONCE_SIZE,
     ProtocolError,
     by_value,
+    check_message,
     encode_exception,
     frame,
 )
@@ -47,6 +71,14 @@ logger = logging.getLogger("pike.spiro")
 
 _CLOSED = object()  # put in a session's queue when its connection closed
 _PAUSE_AT = 32  # frames queued for a worker before reading pauses
+_OUTPUT_BATCH = 8192  # characters of printed output held before they are sent
+# Bytes a worker may hand to the poller beyond what the connection's write
+# buffer holds: past it (or while the buffer is over its high water mark)
+# the worker waits, so a client that does not read stops its session
+# instead of growing the server's memory.
+_SEND_WINDOW = 256 << 10
+#: The handshake reply to a key holder when the server has all the sessions it takes.
+BUSY = b"BUSY"
 
 
 class _SessionClosed(BaseException):
@@ -113,6 +145,8 @@ class _Session:
         self._rids = itertools.count(1)
         self.inbox = queue.SimpleQueue()
         self.released_callbacks = []
+        self._output = []
+        self._output_size = 0
         self.busy = 0
         self.closed = False
         self.thread = threading.Thread(
@@ -125,6 +159,8 @@ class _Session:
     # -- messages --------------------------------------------------------------
 
     def _send(self, message):
+        if self._output:
+            self._flush_output()
         released = self.released_callbacks
         if released:
             cids = released[:]
@@ -138,10 +174,42 @@ class _Session:
                 f"a message of {len(body)} bytes is over the frame limit "
                 f"({self.server.max_frame_size})"
             )
+        data = frame(body)
+        connection = self.connection
+        connection.wait_for_room()
+        if connection.closed:
+            raise _SessionClosed()
+        connection.in_flight(len(data))
         try:
-            self.server.poller.call_soon_threadsafe(self.connection._send_frame, frame(body))
+            self.server.poller.call_soon_threadsafe(connection._send_frame, data)
         except Exception:
             raise _SessionClosed() from None
+
+    def _write_output(self, stream, text):
+        # the sink of this session thread's sys.stdout / sys.stderr
+        if type(text) is not str:
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        self._output.append((stream, text))
+        self._output_size += len(text)
+        if self._output_size >= _OUTPUT_BATCH:
+            self._flush_output()
+        return len(text)
+
+    def _flush_output(self):
+        pieces, self._output = self._output, []
+        self._output_size = 0
+        # pieces of one stream in a row go as one text, cut to fit a frame
+        chunk = max(1, min(1 << 16, (self.server.max_frame_size - 64) // 4))
+        merged = []
+        for stream, text in pieces:
+            if merged and merged[-1][0] == stream:
+                merged[-1][1].append(text)
+            else:
+                merged.append((stream, [text]))
+        for stream, texts in merged:
+            text = "".join(texts)
+            for start in range(0, len(text), chunk):
+                self._push(self._dumps(("out", stream, text[start:start + chunk])))
 
     def _dumps(self, message):
         return protocol.dumps(message, self._persistent_id)
@@ -180,12 +248,9 @@ class _Session:
         if connection._paused:
             self.server.poller.call_soon_threadsafe(connection._maybe_resume)
         try:
-            message = protocol.loads(body, self._persistent_load)
-            if type(message) is not tuple or not message or message[0] not in _SHAPES:
-                raise ValueError("not a SPIRO message")
-            if len(message) != _SHAPES[message[0]]:
-                raise ValueError(f"a {message[0]!r} message of the wrong length")
-        except Exception as exc:
+            message = protocol.loads(body, self._persistent_load, self.server.max_nesting)
+            check_message(message, _SHAPES)
+        except Exception as exc:  # MemoryError and RecursionError too: this session only
             raise ProtocolError(f"malformed frame ({type(exc).__name__}: {exc})") from None
         return message
 
@@ -199,8 +264,14 @@ class _Session:
 
     def _run(self):
         try:
-            while True:
-                self._dispatch(self._receive())
+            if self.server.capture_output:
+                output.route_to(self._write_output)
+            try:
+                while True:
+                    self._dispatch(self._receive())
+            finally:
+                # before anything is logged: a log handler may write to stderr
+                output.route_to(None)
         except _SessionClosed:
             pass
         except ProtocolError as exc:
@@ -228,6 +299,10 @@ class _Session:
             raise ProtocolError(f"unexpected {kind!r} message")
 
     def _serve(self, rid, op, args):
+        if type(rid) is not int:
+            raise ProtocolError("a request id that is not an int")
+        if self.server.capture_output:
+            output.ensure()
         self.busy += 1
         try:
             method = _OPERATIONS.get(op) if isinstance(op, str) else None
@@ -264,7 +339,7 @@ class _Session:
             message = self._receive()
             kind = message[0]
             if kind in ("ok", "err"):
-                if message[1] != rid:
+                if type(message[1]) is not int or message[1] != rid:
                     raise ProtocolError(f"a reply to {message[1]!r}, expected {rid}")
                 if kind == "ok":
                     return message[2]
@@ -356,9 +431,14 @@ class _Connection(Chat):
     def __init__(self, server, alternate_poller=None, sock=None):
         self.server = server
         self.session = None
+        self.peer = None
         self._chunks = []
         self._header = True
         self._paused = False
+        self._refused = False
+        self._flow = threading.Condition()
+        self._in_flight = 0            # bytes handed over by the worker, not yet pushed
+        self._output_paused = False    # the write buffer is over its high water mark
         self._nonce = protocol.make_nonce()
         self._timer = None
         super().__init__(alternate_poller, sock)
@@ -366,7 +446,9 @@ class _Connection(Chat):
         self.set_terminator(HEADER.size)
         self._last = self.poller.time()
         self._timer = self.poller.call_later(server.auth_timeout, self._check_idle)
+        self.peer = peer_of(self.addr)
         self.push(frame(MAGIC + self._nonce))
+        server._admit(self)
 
     def __repr__(self):
         return f"<spiro connection {self.addr!r}>"
@@ -374,9 +456,12 @@ class _Connection(Chat):
     # -- input -------------------------------------------------------------------
 
     def collect_incoming_data(self, data):
-        self._chunks.append(data)
+        if not self._refused:
+            self._chunks.append(data)
 
     def found_terminator(self):
+        if self._refused:  # told BUSY, closing: nothing more is read
+            return
         data = b"".join(self._chunks)
         self._chunks.clear()
         if self._header:
@@ -386,7 +471,10 @@ class _Connection(Chat):
                 else HANDSHAKE_MAX_FRAME_SIZE
             )
             if size == 0 or size > limit:
-                logger.error(
+                report = logger.error if self.session is not None else functools.partial(
+                    self.server.drop_log.note, "oversized handshakes", logging.ERROR
+                )
+                report(
                     "spiro: %r announced a frame of %d bytes (limit %d); closing the session",
                     self, size, limit,
                 )
@@ -414,8 +502,10 @@ class _Connection(Chat):
 
     def _authenticate(self, data):
         expected = len(MAGIC) + MAC_SIZE + NONCE_SIZE
+        drop_log = self.server.drop_log
         if len(data) != expected or not data.startswith(MAGIC):
-            logger.error("spiro: %r sent a malformed handshake; closing the session", self)
+            drop_log.note("malformed handshakes", logging.ERROR,
+                          "spiro: %r sent a malformed handshake; closing the session", self)
             self.close()
             return
         proof = data[len(MAGIC):len(MAGIC) + MAC_SIZE]
@@ -424,8 +514,19 @@ class _Connection(Chat):
         if not protocol.hmac.compare_digest(
             proof, protocol.mac(key, b"client", self._nonce, client_nonce)
         ):
-            logger.warning("spiro: %r failed authentication; closing the session", self)
+            drop_log.note("failed authentications", logging.WARNING,
+                          "spiro: %r failed authentication; closing the session", self)
             self.close()
+            return
+        server = self.server
+        server.pending.discard(self, self.peer)
+        if server.max_sessions is not None and len(server.sessions) >= server.max_sessions:
+            drop_log.note("logins over the session limit", logging.WARNING,
+                          "spiro: %r authenticated, but all %d sessions are taken; closing it",
+                          self, server.max_sessions)
+            self._refused = True
+            self.push(frame(BUSY))
+            self.close_when_done()
             return
         self.push(frame(b"OK" + protocol.mac(key, b"server", self._nonce, client_nonce)))
         session = self.session = _Session(self.server, self)
@@ -436,9 +537,34 @@ class _Connection(Chat):
     # -- output, idleness, closing ---------------------------------------------------
 
     def _send_frame(self, data):
+        # in the poller's thread: a frame from the worker
         if not self.closed:
             self._last = self.poller.time()
             self.push(data)
+        with self._flow:
+            self._in_flight -= len(data)
+            self._flow.notify_all()
+
+    def in_flight(self, size):
+        """The worker hands ``size`` more bytes to the poller."""
+        with self._flow:
+            self._in_flight += size
+
+    def wait_for_room(self):
+        """In the worker's thread: wait until the client has read enough."""
+        with self._flow:
+            while not self.closed and (self._output_paused or self._in_flight > _SEND_WINDOW):
+                self._flow.wait(1.0)
+
+    def handle_pause_writing(self):
+        with self._flow:
+            self._output_paused = True
+
+    def handle_resume_writing(self):
+        with self._flow:
+            self._output_paused = False
+            self._flow.notify_all()
+        super().handle_resume_writing()
 
     def _restart_timer(self, delay):
         if self._timer is not None:
@@ -451,7 +577,8 @@ class _Connection(Chat):
             return
         server = self.server
         if self.session is None:
-            logger.error(
+            server.drop_log.note(
+                "authentication timeouts", logging.ERROR,
                 "spiro: %r did not authenticate within %gs; closing the session",
                 self, server.auth_timeout,
             )
@@ -477,11 +604,29 @@ class _Connection(Chat):
         if self.closed:
             return
         super().close()
+        with self._flow:
+            self._flow.notify_all()   # a worker waiting for room: it is over
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self.session is not None:
             self.session.inbox.put(_CLOSED)
+        elif self.peer is not None:
+            self.server.pending.discard(self, self.peer)
+
+
+def _check_fd_limit(max_sessions, max_pending):
+    """Warn when the open-file limit cannot hold every connection allowed."""
+    if resource is None or max_sessions is None:
+        return
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_sessions + max_pending + 16   # the listener, the poller, logs...
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        logger.warning(
+            "spiro: the open-file limit (%d) is below the %d that %d sessions and %d "
+            "pending connections need; lower the caps or raise the limit (ulimit -n)",
+            soft, needed, max_sessions, max_pending,
+        )
 
 
 class SpiroServer:
@@ -498,7 +643,16 @@ class SpiroServer:
         no request) before it is closed.
     :param auth_timeout: seconds a new connection has to authenticate.
     :param max_frame_size: the longest frame taken or sent, in bytes.
-    :param max_sessions: the most connections at once (None: no limit).
+    :param max_nesting: how deep the containers of one message may nest;
+        a deeper message closes its session before it is unpickled.
+    :param max_sessions: the most authenticated sessions at once (None: no
+        limit). A key holder past it is told the server is busy
+        (:exc:`ConnectionRefusedError` on the client).
+    :param max_pending: the most connections still authenticating at once.
+    :param max_pending_per_peer: the most of those from one peer address.
+        At either cap the oldest such connection is closed for the new one.
+    :param capture_output: send what session code prints to ``sys.stdout``
+        and ``sys.stderr`` to its client (see "Printed output" in the docs).
 
     Serve with :meth:`serve_forever` in the calling thread, or
     :meth:`start` for a thread of the server's own; :meth:`close` ends
@@ -514,7 +668,11 @@ class SpiroServer:
         idle_timeout=300.0,
         auth_timeout=10.0,
         max_frame_size=DEFAULT_MAX_FRAME_SIZE,
-        max_sessions=None,
+        max_nesting=DEFAULT_MAX_NESTING,
+        max_sessions=DEFAULT_MAX_SESSIONS,
+        max_pending=DEFAULT_MAX_PENDING,
+        max_pending_per_peer=DEFAULT_MAX_PENDING_PER_PEER,
+        capture_output=True,
     ):
         host = address[0]
         if authkey is None:
@@ -530,12 +688,25 @@ class SpiroServer:
             self.generated_key = False
         #: The shared key, as bytes.
         self.authkey = protocol.as_key(authkey)
+        for name, value in (("max_frame_size", max_frame_size), ("max_nesting", max_nesting),
+                            ("max_sessions", 1 if max_sessions is None else max_sessions)):
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1")
         self.idle_timeout = idle_timeout
         self.auth_timeout = auth_timeout
         self.max_frame_size = max_frame_size
+        self.max_nesting = max_nesting
+        self.max_sessions = max_sessions
+        #: The connections still authenticating (see :mod:`pike.spiro.admission`).
+        self.pending = PendingConnections(max_pending, min(max_pending_per_peer, max_pending))
+        #: Logs the connections turned away before authenticating, boundedly;
+        #: ``drop_log.totals`` counts them by reason.
+        self.drop_log = DropLog(logger)
+        self.capture_output = capture_output
+        _check_fd_limit(max_sessions, max_pending)
         self._own_poller = poller is None
         self.poller = make_poller() if poller is None else poller
-        #: The live sessions: session number -> session.
+        #: The live sessions, by session number.
         self.sessions = {}
         self._lock = threading.Lock()
         self._thread = None
@@ -545,12 +716,15 @@ class SpiroServer:
                 functools.partial(_Connection, self),
                 address,
                 poller=self.poller,
-                max_connections=max_sessions,
+                # both caps reached: nothing could be admitted, so wait in the backlog
+                max_connections=None if max_sessions is None else max_sessions + max_pending,
             )
         except BaseException:
             if self._own_poller:
                 self.poller.close()
             raise
+        if capture_output:
+            output.install()
 
     @property
     def address(self):
@@ -561,6 +735,16 @@ class SpiroServer:
         """How many objects the sessions hold for their clients, all told."""
         with self._lock:
             return sum(len(session.objects) for session in self.sessions.values())
+
+    def _admit(self, connection):
+        # a new connection, not authenticated yet: older ones may give way
+        for old in self.pending.add(connection, connection.peer):
+            self.drop_log.note(
+                "evicted while authenticating", logging.WARNING,
+                "spiro: %r evicted: %d connections of %s (or %d in all) are authenticating",
+                old, self.pending.per_peer, connection.peer, self.pending.limit,
+            )
+            old.close()
 
     def _adopt(self, session):
         with self._lock:
@@ -614,6 +798,9 @@ class SpiroServer:
             session.thread.join(timeout)
         if self._own_poller:
             self.poller.close()
+        if self.capture_output:
+            output.uninstall()
+        self.drop_log.flush()
 
     def __enter__(self):
         return self
