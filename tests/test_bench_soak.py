@@ -299,3 +299,21 @@ def test_report_of_a_failed_run_says_what_failed():
     text = soak_cli.format_results([result])
     assert "FAIL" in text and "TRUNCATED" in text and "soak FAILED" in text
     assert "fds <= " in text and "held" in text
+
+
+def test_time_bound_stops_a_run_and_says_so():
+    import time
+
+    server = _FakeServer("good", socket.AF_INET)
+    try:
+        result = soak.run_cycles(server.address, socket.AF_INET, 50, soak.Payloads(seed=2),
+                                 deadline=time.monotonic() - 1)
+    finally:
+        server.close()
+    assert result["stopped"] == soak.TIME_BOUND and result["cycles"] == 0
+    assert result["failed"] == 0
+    result.update(server="chat:c", violations=[], passed=True, complete=False,
+                  warmup_cycles=0)
+    text = soak_cli.format_results([result])
+    assert "PASS*" in text and "time bound stopped it after 0 of 50 cycles" in text
+    assert "soak PASSED" in text

@@ -57,6 +57,8 @@ FD_SLACK = 2
 RSS_GROWTH_MIB = 16
 #: A run stops after this many failed cycles (0: never).
 MAX_FAILURES = 5
+#: ``stopped`` of a run that the time bound ended.
+TIME_BOUND = "time bound reached"
 #: Failure messages kept per run (every failure is counted).
 KEPT_MESSAGES = 10
 
@@ -209,9 +211,11 @@ class Watch:
         if not self.active:
             return
         bound = self.fd_bound_end()
+        warm = self.fds.get("warm")
         deadline = time.monotonic() + settle_timeout
         fds = self._fds(self.pid)
-        while fds is not None and bound is not None and fds > bound:
+        # Give the server a moment to see the last closes: back to warm, or the time is up.
+        while fds is not None and warm is not None and fds > warm:
             if time.monotonic() >= deadline:
                 break
             time.sleep(0.05)
@@ -402,7 +406,7 @@ def run_cycles(address, family, cycles, payloads, *, transport="tcp", half_close
         while True:
             now = time.monotonic()
             if stopped is None and deadline is not None and now >= deadline:
-                stopped = "time bound reached"
+                stopped = TIME_BOUND
             if not warm and started >= warmup_cycles:
                 if active:
                     pass  # let the warm-up drain, then take the baseline
