@@ -1,24 +1,28 @@
 """``python -m pike bench``: the side-by-side echo benchmark.
 
-Runs every echo server (pike on each poller and implementation, asyncio,
-uvloop and asyncore where available, the bare Python loop ``py-floor``, and
-the C reference server ``c-ref``)
-against the same load generator (the C one where it builds), and prints a
-table per case. Progress goes to stderr, the tables to stdout.
+By default a short run of the headline servers (pike on C and on the pure
+path, asyncio, uvloop and the C reference server ``c-ref``) at 1 KiB and
+10 and 100 connections, summed up in one table and a sentence. ``--quick``
+runs every server available (pike on each poller and implementation,
+asyncore and the bare Python loop ``py-floor`` too) for one short round;
+``--full`` runs the whole matrix of every server. All against the same load
+generator (the C one where it builds). Progress goes to stderr, the tables
+to stdout. ``--mode soak`` is the endurance check of :mod:`pike.bench.soak`.
 """
 
 import argparse
-import signal
 import sys
 
 from pike.bench import report, runner
 from pike.bench import servers as server_kinds
 
-DEFAULTS = {"warmup": 1.0, "duration": 3.0, "repeat": 3}
+#: Windows and rounds of each preset: the default (headline), --quick, --full.
+HEADLINE = {"warmup": 0.5, "duration": 2.0, "repeat": 2}
 QUICK = {"warmup": 0.5, "duration": 2.0, "repeat": 1}
+FULL = {"warmup": 1.0, "duration": 3.0, "repeat": 3}
 MAX_CONNECTIONS = 1000
 
-#: Cases of each mode: (full run, --quick).
+#: Cases of each mode: (--full, default and --quick).
 PINGPONG_CONNECTIONS = ([1, 10, 100], [10, 100])
 PINGPONG_SIZES = ([64, 1024, 16384], [1024])
 STREAM_CONNECTIONS = ([1, 10], [1])
@@ -30,7 +34,25 @@ SCALE_IDLE = ([1000, 10000], [1000, 10000])
 SCALE_ACTIVE = 10
 SCALE_SIZES = ([1024], [1024])
 
-MODE_CHOICES = runner.MODES + ("all",)
+MODE_CHOICES = runner.MODES + ("all", "soak")
+
+
+def headline_servers(impls, c_ref_available):
+    """The default run's servers: pike on C and on the pure path, asyncio, uvloop, c-ref.
+
+    pike runs on the platform's best poller; a server not available here is
+    left out (the report says why for pike's C path and for c-ref).
+    """
+    import pike
+
+    kind = f"pike-{pike.available_pollers()[0]}"
+    specs = [runner.ServerSpec(kind, impl) for impl in ("c", "python") if impl in impls]
+    specs.append(runner.ServerSpec("asyncio"))
+    if "uvloop" in server_kinds.available_kinds(native=False):
+        specs.append(runner.ServerSpec("uvloop"))
+    if c_ref_available:
+        specs.append(runner.ServerSpec(server_kinds.C_REF))
+    return specs
 
 
 def _int_list(text):
@@ -83,19 +105,31 @@ def build_parser():
     parser.add_argument(
         "--mode", choices=MODE_CHOICES, default="pingpong",
         help=(
-            "pingpong (default): request/echo at 1, 10, 100 connections x 64 B, 1 KiB, "
-            "16 KiB; stream: MiB/s with every byte checked; scale: 10 active connections "
-            "alone and beside 1,000 and 10,000 idle ones, and memory per idle connection; "
-            "all: the three"
+            "pingpong (default): request/echo (--full: 1, 10, 100 connections x 64 B, "
+            "1 KiB, 16 KiB; else 10 and 100 x 1 KiB); stream: MiB/s with every byte "
+            "checked; scale: 10 active connections alone and beside 1,000 and 10,000 "
+            "idle ones, and memory per idle connection; all: the three; soak: a long "
+            "connect/echo/close endurance check of pike's echo and Chat servers "
+            "(see --cycles)"
         ),
     )
-    parser.add_argument(
+    preset = parser.add_mutually_exclusive_group()
+    preset.add_argument(
         "--quick",
         action="store_true",
         help=(
-            f"one round of {QUICK['duration']:g} s windows ({QUICK['warmup']:g} s "
-            "warm-up); ping-pong at 10 and 100 connections x 1 KiB, stream at 1 "
-            "connection; explicit options still win"
+            f"every server available, one round of {QUICK['duration']:g} s windows "
+            f"({QUICK['warmup']:g} s warm-up), the short cases of the mode "
+            "(ping-pong: 10 and 100 connections x 1 KiB; stream: 1 connection); "
+            "explicit options still win"
+        ),
+    )
+    preset.add_argument(
+        "--full",
+        action="store_true",
+        help=(
+            f"the full matrix: every server, {FULL['repeat']} rounds of "
+            f"{FULL['duration']:g} s windows, every case of the mode"
         ),
     )
     parser.add_argument("--json", metavar="PATH", help="write all raw and median figures here")
@@ -123,12 +157,12 @@ def build_parser():
     parser.add_argument(
         "--connections", type=_int_list, metavar="LIST",
         help="concurrent connections of ping-pong and stream cases "
-             "(default 1,10,100; stream 1,10; --quick 10,100; stream 1)",
+             "(--full: 1,10,100, stream 1,10; else 10,100, stream 1)",
     )
     parser.add_argument(
         "--size", type=_size_list, metavar="LIST",
         help="message sizes (stream: write sizes), e.g. 64,1k,16k "
-             "(default 64,1k,16k; stream 64k; scale 1k; --quick: 1k)",
+             "(--full: 64,1k,16k; else 1k; stream 64k; scale 1k)",
     )
     parser.add_argument(
         "--window", type=_size, metavar="BYTES", default=STREAM_WINDOW,
@@ -142,13 +176,26 @@ def build_parser():
         "--active", type=int, default=SCALE_ACTIVE, metavar="N",
         help=f"scale: active connections beside the idle ones (default {SCALE_ACTIVE})",
     )
-    parser.add_argument("--duration", type=float, help="seconds measured per run (default 3)")
-    parser.add_argument("--warmup", type=float, help="seconds of warm-up per run (default 1)")
-    parser.add_argument("--repeat", type=int, help="rounds per case; medians are taken (default 3)")
+    parser.add_argument(
+        "--duration", type=float,
+        help=f"seconds measured per run (default {HEADLINE['duration']:g}; --full {FULL['duration']:g})",
+    )
+    parser.add_argument(
+        "--warmup", type=float,
+        help=f"seconds of warm-up per run (default {HEADLINE['warmup']:g}; --full {FULL['warmup']:g})",
+    )
+    parser.add_argument(
+        "--repeat", type=int,
+        help=(f"rounds per case; medians are taken (default {HEADLINE['repeat']}; "
+              f"--quick {QUICK['repeat']}; --full {FULL['repeat']})"),
+    )
     parser.add_argument(
         "--baseline", default="asyncio", metavar="SERVER",
         help="server the ratios compare with, beside c-ref (default asyncio)",
     )
+    from pike.bench import soak_cli
+
+    soak_cli.add_arguments(parser)
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--list", action="store_true", help="list the servers available here and exit")
     parser.add_argument(
@@ -205,8 +252,8 @@ def _servers(args, parser, impls=None):
     return list(dict.fromkeys(expanded)), skipped
 
 
-def _pick(value, defaults, quick):
-    return value if value is not None else defaults[1 if quick else 0]
+def _pick(value, defaults, full):
+    return value if value is not None else defaults[0 if full else 1]
 
 
 def _check_fd_limit(parser, idle):
@@ -238,6 +285,19 @@ def _draw(path, results, progress):
     return True
 
 
+def _format(results, headline):
+    """The text of a run: the headline table for ping-pong by default, else every table."""
+    if not headline or "pingpong" not in results["settings"]["modes"]:
+        return report.format_report(results)
+    from pike.bench import headline as headline_table
+
+    text = headline_table.format_headline(results)
+    others = [case for case in results["cases"] if report.case_mode(case) != "pingpong"]
+    if others:
+        text += "\n" + report.format_report(dict(results, cases=others))
+    return text
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -250,6 +310,10 @@ def main(argv=None):
         for kind in server_kinds.available_kinds():
             print(kind)
         return 0
+    if args.mode == "soak":
+        from pike.bench import soak_cli
+
+        return soak_cli.run(args, parser, progress)
     if args.from_json:
         try:
             results = report.read_json(args.from_json)
@@ -260,8 +324,10 @@ def main(argv=None):
             _draw(args.plot, results, progress)
         return 0
 
-    quick = args.quick
-    base = QUICK if quick else DEFAULTS
+    full = args.full
+    # The default run is the headline: a few servers, one table.
+    headline = not (args.quick or full or args.servers or args.impl)
+    base = FULL if full else QUICK if args.quick else HEADLINE
     warmup = base["warmup"] if args.warmup is None else args.warmup
     duration = base["duration"] if args.duration is None else args.duration
     repeat = base["repeat"] if args.repeat is None else args.repeat
@@ -277,7 +343,7 @@ def main(argv=None):
         parser.error("--window must be between 1 byte and 64m")
     if not 1 <= args.active <= MAX_CONNECTIONS:
         parser.error(f"--active must be between 1 and {MAX_CONNECTIONS}")
-    idle = _pick(args.idle, SCALE_IDLE, quick)
+    idle = _pick(args.idle, SCALE_IDLE, full)
     if any(not 1 <= n <= runner.MAX_IDLE for n in idle):
         parser.error(f"--idle must be between 1 and {runner.MAX_IDLE} (ephemeral ports)")
     if "scale" in modes:
@@ -287,20 +353,22 @@ def main(argv=None):
         loadgen, loadgen_note = runner.Loadgen.choose(args.loadgen)
     except runner.BenchError as exc:
         parser.error(f"--loadgen c: {exc}")
-    impls = runner.pike_implementations()
+    impls, accel_problem = runner.probe_implementations()
     specs, skipped = _servers(args, parser, impls)
+    if headline:
+        specs = headline_servers(impls, server_kinds.C_REF not in skipped)
     try:
         settings = runner.Settings(
             specs,
             modes=modes,
-            connections=_pick(connections, PINGPONG_CONNECTIONS, quick),
-            sizes=_pick(args.size, PINGPONG_SIZES, quick),
-            stream_connections=_pick(connections, STREAM_CONNECTIONS, quick),
-            stream_sizes=_pick(args.size, STREAM_SIZES, quick),
+            connections=_pick(connections, PINGPONG_CONNECTIONS, full),
+            sizes=_pick(args.size, PINGPONG_SIZES, full),
+            stream_connections=_pick(connections, STREAM_CONNECTIONS, full),
+            stream_sizes=_pick(args.size, STREAM_SIZES, full),
             stream_window=args.window,
             idle=idle,
             scale_active=args.active,
-            scale_sizes=_pick(args.size, SCALE_SIZES, quick),
+            scale_sizes=_pick(args.size, SCALE_SIZES, full),
             warmup=warmup,
             duration=duration,
             repeat=repeat,
@@ -316,7 +384,10 @@ def main(argv=None):
         progress(f"pike bench: {loadgen_note}")
         notes.append(loadgen_note)
     if "c" not in impls and not args.impl and not args.servers:
-        note = "pike's C accelerator is not built here: pike servers run on the python implementation only"
+        note = (
+            "pike's C accelerator is not in use here, so pike servers run on the python "
+            f"implementation only: {accel_problem or 'the probe with PIKE_IMPL=c failed'}"
+        )
         progress(f"pike bench: {note}")
         notes.append(note)
     for server, why in skipped.items():
@@ -332,16 +403,14 @@ def main(argv=None):
         f"({', '.join(spec.label for spec in settings.servers)}), "
         f"load generator {loadgen.kind}, about {settings.estimated_seconds():.0f} s"
     )
-    previous = runner.install_sigterm_handler()
     try:
-        results = runner.run_benchmark(settings, progress=progress, skipped=skipped, notes=notes)
+        with runner.sigterm_as_exit():
+            results = runner.run_benchmark(settings, progress=progress, skipped=skipped,
+                                           notes=notes)
     except KeyboardInterrupt:
         progress("pike bench: interrupted; every child process was stopped")
         return 130
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    sys.stdout.write(report.format_report(results))
+    sys.stdout.write(_format(results, headline))
     sys.stdout.flush()
     if args.json:
         report.write_json(results, args.json)

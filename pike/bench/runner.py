@@ -32,6 +32,7 @@ case the runner itself is killed. Idle connections are closed with a reset
 in a ``finally`` too, so they leave no TIME_WAIT behind.
 """
 
+import contextlib
 import json
 import os
 import platform
@@ -357,29 +358,37 @@ def _settle_fds(pid, floor, timeout=3.0):
 # -- the load generators ----------------------------------------------------------
 
 
-def pike_implementations(timeout=PROBE_TIMEOUT):
-    """pike's implementations a server can run here: ``["python"]`` or ``["python", "c"]``.
+def probe_implementations(timeout=PROBE_TIMEOUT):
+    """``(implementations, problem)``: what a server can run here, and why not C.
 
-    "c" is probed in a subprocess with ``PIKE_IMPL=c`` (which fails loudly
-    when the accelerator is not built), so this process's own choice does
-    not matter.
+    ``implementations`` is ``["python"]`` or ``["python", "c"]``; ``problem``
+    is None when C runs, else :func:`pike._impl.accelerator_problem`'s
+    paragraph (why, and how to fix it). Probed in a subprocess with
+    ``PIKE_IMPL=auto`` (exactly what a server's ``auto`` gets), so this
+    process's own choice does not matter.
     """
     code = (
-        "import sys, pike._impl as impl; "
-        "sys.exit(0 if 'c' in impl.available_implementations() else 1)"
+        "import json, pike._impl as impl; "
+        "print(json.dumps([impl.IMPLEMENTATION, impl.accelerator_problem()]))"
     )
     try:
         proc = subprocess.run(
             [sys.executable, "-c", code],
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=child_env({"PIKE_IMPL": "c"}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env({"PIKE_IMPL": "auto"}),
             timeout=timeout,
         )
-    except (OSError, subprocess.SubprocessError):
-        return ["python"]
-    return ["python", "c"] if proc.returncode == 0 else ["python"]
+        runs, problem = json.loads(proc.stdout.decode().strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return ["python"], "the probe of pike's implementations failed: pike cannot be imported"
+    return (["python", "c"], None) if runs == "c" else (["python"], problem)
+
+
+def pike_implementations(timeout=PROBE_TIMEOUT):
+    """pike's implementations a server can run here: ``["python"]`` or ``["python", "c"]``."""
+    return probe_implementations(timeout)[0]
 
 
 class Loadgen:
@@ -1087,6 +1096,17 @@ def run_benchmark(settings, progress=None, skipped=None, notes=None):
             report.summarize_case(case, settings.servers, settings.baseline)
     results["elapsed_s"] = time.time() - started
     return results
+
+
+@contextlib.contextmanager
+def sigterm_as_exit():
+    """While inside, SIGTERM raises SystemExit (so ``finally`` blocks clean up)."""
+    previous = install_sigterm_handler()
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def install_sigterm_handler():
