@@ -55,13 +55,16 @@ class TimerQueue:
 
     def __init__(self, clock=time.monotonic):
         self.clock = clock
-        self._heap = []
+        #: The heap of handles, live and cancelled: a poller tests its
+        #: truthiness each iteration (a call would cost more than the test).
+        #: Always the same list object; only this class changes it.
+        self.heap = []
         self._cancelled = 0
         self._counter = itertools.count()
 
     def __len__(self):
         """The number of timers that are still to run."""
-        return len(self._heap) - self._cancelled
+        return len(self.heap) - self._cancelled
 
     def schedule(self, delay, callback, args):
         if delay != delay:  # NaN would never compare as due
@@ -69,22 +72,22 @@ class TimerQueue:
         handle = TimerHandle(
             self.clock() + max(delay, 0.0), next(self._counter), callback, args, self
         )
-        heapq.heappush(self._heap, handle)
+        heapq.heappush(self.heap, handle)
         return handle
 
     def _note_cancelled(self):
         self._cancelled += 1
         if (
             self._cancelled >= self._MIN_CANCELLED_TO_PURGE
-            and self._cancelled * 2 > len(self._heap)
+            and self._cancelled * 2 > len(self.heap)
         ):
-            self._heap = [h for h in self._heap if not h.cancelled]
-            heapq.heapify(self._heap)
+            self.heap[:] = [h for h in self.heap if not h.cancelled]
+            heapq.heapify(self.heap)
             self._cancelled = 0
 
     def next_delay(self):
         """Seconds until the next live timer is due (>= 0), or None if none."""
-        heap = self._heap
+        heap = self.heap
         while heap and heap[0].cancelled:
             heapq.heappop(heap)
             self._cancelled -= 1
@@ -97,7 +100,7 @@ class TimerQueue:
         for handle in handles:
             if not handle.cancelled:
                 handle._queue = self
-                heapq.heappush(self._heap, handle)
+                heapq.heappush(self.heap, handle)
 
     def pop_due(self):
         """Remove and return the live handles that are due now, in order.
@@ -105,7 +108,7 @@ class TimerQueue:
         Timers scheduled by these callbacks wait for the next iteration, so
         a callback that reschedules itself with delay 0 cannot starve I/O.
         """
-        heap = self._heap
+        heap = self.heap
         if not heap:
             return ()
         now = self.clock()

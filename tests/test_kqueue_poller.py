@@ -1,6 +1,6 @@
 """KQueuePoller against the pure-Python kqueue stand-in (tests/kqueue_standin.py).
 
-What this proves: pike._kqueue_poller.KQueuePoller's own logic is right when it
+What this proves: pike.poller.kqueue_backend.KQueuePoller's own logic is right when it
 talks to an object that behaves like CPython's ``select.kqueue`` as documented
 for FreeBSD: it builds the right kevents (one filter per direction, added and
 deleted separately), merges a read and a write kevent of one fd into one
@@ -32,7 +32,7 @@ from kqueue_standin import KQ_FILTER_READ, KQ_FILTER_WRITE, kqueue_module  # noq
 
 from pike import Transport  # noqa: E402
 from pike import poller as poller_mod  # noqa: E402
-from pike._kqueue_poller import KQueuePoller  # noqa: E402
+from pike.poller.kqueue_backend import KQueuePoller  # noqa: E402
 
 READ, WRITE = poller_mod.READ, poller_mod.WRITE
 

@@ -137,7 +137,7 @@ def test_available_pollers_best_first(monkeypatch):
 def test_get_poller_is_made_lazily_once_and_reused():
     previous = pike.set_poller(None)
     try:
-        assert poller_mod._default_poller is None
+        assert poller_mod.default._default_poller is None
         first = pike.get_poller()
         try:
             assert pike.get_poller() is first
@@ -209,7 +209,7 @@ def test_importing_pike_creates_no_kernel_object():
             sys.executable,
             "-c",
             "import pike, pike.poller, pike.transport; "
-            "assert pike.poller._default_poller is None; " + probe,
+            "assert pike.poller.default._default_poller is None; " + probe,
         ],
         env=env,
         capture_output=True,

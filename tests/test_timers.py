@@ -124,13 +124,13 @@ def test_schedule_and_cancel_does_not_grow_the_heap(poller):
     for _ in range(10_000):
         poller.call_later(60, lambda: None).cancel()
     assert len(poller._timers) == 1
-    assert len(poller._timers._heap) < 200
+    assert len(poller._timers.heap) < 200
     # The same with all handles kept until a mass cancel.
     handles = [poller.call_later(60, lambda: None) for _ in range(10_000)]
     for h in handles:
         h.cancel()
     assert len(poller._timers) == 1
-    assert len(poller._timers._heap) < 200
+    assert len(poller._timers.heap) < 200
 
 
 def test_nan_delay_is_refused(poller):
@@ -432,7 +432,7 @@ def test_queue_purges_cancelled_handles():
     for _ in range(10_000):
         q.schedule(50, None, ()).cancel()
     assert len(q) == 10
-    assert len(q._heap) <= 10 + 2 * TimerQueue._MIN_CANCELLED_TO_PURGE
+    assert len(q.heap) <= 10 + 2 * TimerQueue._MIN_CANCELLED_TO_PURGE
     assert all(not h.cancelled for h in keep)
 
 

@@ -845,7 +845,7 @@ _EpollPoller = getattr(_pike_poller, "EpollPoller", None)
 
 if _EpollPoller is not None:
     _READ = _pike_poller.READ
-    _MAX_WAIT = _pike_poller._MAX_WAIT
+    _MAX_WAIT = _pike_poller.MAX_WAIT
     _WRITE = _pike_poller.WRITE
     _EPOLLIN = select.EPOLLIN
     _EPOLLOUT = select.EPOLLOUT

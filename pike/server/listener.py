@@ -270,7 +270,7 @@ class Listener:
     @property
     def accepting(self):
         """True while new connections are being taken."""
-        return not self._transport.closed and self._transport._reading
+        return self._transport.is_reading()
 
     @property
     def closed(self):
@@ -308,7 +308,7 @@ class Listener:
                 return
             self._backoff = 0.0
             self._adopt(*pair)
-            if transport.closed or not transport._reading:
+            if not transport.is_reading():
                 return
 
     def _adopt(self, sock, addr):

@@ -32,7 +32,7 @@ import threading
 import time
 import traceback
 
-from pike.poller import make_poller
+from pike.poller import Channel, make_poller
 
 __version__ = "0.4"
 
@@ -60,38 +60,25 @@ if hasattr(socket, "AF_UNIX"):
         __all__ += ["ForkingUnixStreamServer", "ForkingUnixDatagramServer"]
 
 
-class _Readiness:
+class _Readiness(Channel):
     """What the server's poller watches in place of the server socket.
 
-    It speaks the small channel interface a poller drives, and does nothing
-    but note that the fd became readable; the server then takes the request
-    itself, with the socket left exactly as the application made it.
+    It does nothing but note that the fd became readable; the server then
+    takes the request itself, with the socket left exactly as the
+    application made it.
     """
 
-    _reading = True
-    _write_armed = False
-    _plain_read_event = False
-
-    def __init__(self, fd):
-        self._fileno = fd
+    def __init__(self, poller, fd):
+        super().__init__(poller, fd)
         self.ready = False
-        self.lost = False
+
+    @property
+    def lost(self):
+        """The fd was found closed (the poller dropped the channel)."""
+        return self.closed
 
     def handle_read_event(self):
         self.ready = True
-
-    def handle_write_event(self):
-        pass
-
-    def handle_close(self):
-        # The poller found the fd closed behind our back and dropped us.
-        self.lost = True
-
-    def handle_error(self):
-        self.lost = True
-
-    def close(self):
-        self.lost = True
 
 
 class BaseServer:
@@ -292,11 +279,11 @@ class BaseServer:
                 self._pike_watch = None
             fd = self.fileno()
             watch = self._pike_watch
-            if watch is not None and (watch.lost or watch._fileno != fd):
-                poller.del_channel(watch)
+            if watch is not None and (watch.lost or watch.fileno() != fd):
+                watch.close()
                 watch = self._pike_watch = None
             if watch is None and fd >= 0:
-                watch = _Readiness(fd)
+                watch = _Readiness(poller, fd)
                 poller.add_channel(watch)
                 self._pike_watch = watch
             return poller, watch

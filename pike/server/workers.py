@@ -44,7 +44,7 @@ import threading
 import time
 import traceback
 
-from pike.poller import make_poller
+from pike.poller import Channel, make_poller
 from pike.transport import Transport
 
 from .listener import Listener, family_of, listening_socket
@@ -56,31 +56,22 @@ logger = logging.getLogger("pike.server")
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class _ChildWatch:
-    """A pidfd on the parent's poller: readable once the child has exited."""
+class _ChildWatch(Channel):
+    """A pidfd on the parent's poller: readable once the child has exited.
 
-    _reading = True
-    _write_armed = False
-    _plain_read_event = False
-
-    def __init__(self, pidfd, on_exit):
-        self._fileno = pidfd
-        self._on_exit = on_exit
-
-    def handle_read_event(self):
-        self._on_exit()
-
-    def handle_write_event(self):
-        pass
+    The event only wakes the parent's loop, which then reaps; the pidfd is
+    the watch's own and :meth:`close` closes it too.
+    """
 
     def handle_close(self):
-        self._on_exit()
-
-    def handle_error(self):
-        logger.exception("pike: watching a worker failed")
+        # The pidfd was found closed: stop watching, the loop reaps anyway.
+        Channel.close(self)
 
     def close(self):
-        pass
+        fd = self.fileno()
+        super().close()
+        if fd >= 0:
+            os.close(fd)
 
 
 class _Lifeline(Transport):
@@ -368,7 +359,7 @@ class WorkerPool:
             except OSError:
                 self._use_pidfd = False  # an old kernel: fall back to polling
             else:
-                slot.watch = _ChildWatch(pidfd, lambda: None)
+                slot.watch = _ChildWatch(self._poller, pidfd)
                 self._poller.add_channel(slot.watch)
         logger.info("pike: worker %d started, pid %d", slot.index, pid)
         return ready_r
@@ -376,9 +367,7 @@ class WorkerPool:
     def _unwatch(self, slot):
         watch, slot.watch = slot.watch, None
         if watch is not None:
-            if self._poller is not None:
-                self._poller.del_channel(watch)
-            os.close(watch._fileno)
+            watch.close()
 
     def _reap(self):
         """Reap the workers that exited; plan their restarts."""
@@ -500,7 +489,7 @@ class WorkerPool:
         parent_end.close()
         for slot in self._slots:  # the parent's pidfds of the other workers
             if slot.watch is not None:
-                os.close(slot.watch._fileno)
+                os.close(slot.watch.fileno())  # (the poller is the parent's: leave it)
                 slot.watch = None
         poller = make_poller(self.poller_name)
         if self.reuse_port:

@@ -1,10 +1,13 @@
-"""Pollers: one kernel readiness API each, one shared dispatch loop.
+"""The loop every poller shares: channels, lazy interest, dispatch, timers.
 
-A poller maps fds to channels (Transports, or anything with the same small
-interface) and fires their events:
+A backend (one module each beside this one) subclasses :class:`Poller` and
+supplies only its kernel calls; everything else -- which channel owns which
+fd, what the kernel should watch, dispatching a batch of events, timers,
+calls from other threads, fork -- is here, once. The channels it drives
+follow the contract in :mod:`pike.poller.channel`:
 
-* ``channel.handle_read_event()`` when the fd is readable (or hung up, or in
-  error) and the channel is reading;
+* ``channel.handle_read_event()`` when the fd is readable (or hung up, or
+  in error) and the channel is reading;
 * ``channel.handle_write_event()`` once per armed write notification:
   :meth:`Poller.defer_write` arms one, and it is dropped again before the
   callback runs.
@@ -22,30 +25,22 @@ Facts the code relies on:
 * An fd closed during a batch is remembered until the batch ends, so a
   later event of the same batch (for it, or for a new socket that reused
   the number) is dropped instead of going to the wrong channel.
+* A new channel may take an fd number whose channel lost its socket (it was
+  closed behind the channel's back): the old channel is closed, not the
+  newcomer refused.
 * EINTR is retried by Python itself (PEP 475) with the remaining timeout.
-
-The channel interface the poller uses: ``_fileno``, ``_reading`` (bool),
-``_write_armed`` (bool), ``_plain_read_event`` (bool), ``handle_read_event()``,
-``handle_write_event()``, ``handle_close()``, ``handle_error()`` and
-``close()``. ``_plain_read_event`` is a promise that ``handle_read_event()``
-is Transport's own: when it is true, the poller makes that method's
-decision itself (``handle_read()`` unless ``connecting`` or ``accepting``)
-and saves a Python call per read event; other channels set it False.
 """
 
 import collections
-import errno
 import logging
 import math
-import os
-import select
 import sys
-import threading
 import weakref
 
-from .errors import is_connection_lost
-from .timers import TimerQueue
-from .waker import Waker
+from ..errors import is_connection_lost
+from ..timers import TimerQueue
+from ..waker import Waker
+from .channel import FdWatch
 
 logger = logging.getLogger("pike")
 
@@ -54,10 +49,12 @@ logger = logging.getLogger("pike")
 READ = 1
 WRITE = 4
 
-# The longest single wait: waking once a day to wait again is harmless.
-_MAX_WAIT = 86400.0
+#: The longest single wait, in seconds: the kernels' millisecond timeouts
+#: overflow at ~24 days, and waking once a day to wait again is harmless.
+MAX_WAIT = 86400.0
 
-_live_pollers = weakref.WeakSet()
+#: Every poller alive, so that a forked child can mark them all.
+live_pollers = weakref.WeakSet()
 
 
 class Poller:
@@ -91,7 +88,8 @@ class Poller:
         # only specialises lookups that the instance itself answers.
         self._read_bits = self._READ_EVENTS
         self._write_bits = self._WRITE_EVENTS
-        _live_pollers.add(self)
+        self._watches = {}  # fd -> FdWatch, for add_reader / add_writer
+        live_pollers.add(self)
 
     # -- channels ---------------------------------------------------------
 
@@ -159,6 +157,63 @@ class Poller:
         if self._channels.get(fd) is channel:
             self._dirty[fd] = channel
 
+    # -- fd watching in the style of asyncio's add_reader / add_writer -----
+
+    def add_reader(self, fd, callback, *args):
+        """Call ``callback(*args)`` each time ``fd`` is readable.
+
+        ``fd`` is an int or an object with ``fileno()``. Replaces an earlier
+        reader of the same fd. Call :meth:`remove_reader` before closing the
+        fd (a watched fd found closed is dropped with a warning). Raises
+        ValueError when a Transport or other channel already watches ``fd``.
+        """
+        watch = self._watch_for(fd)
+        watch.reader = (callback, args)
+        watch.set_reading(True)
+
+    def remove_reader(self, fd):
+        """Stop calling ``fd``'s reader; True when there was one."""
+        watch = self._watches.get(_fd_number(fd))
+        if watch is None or watch.reader is None:
+            return False
+        watch.reader = None
+        watch.set_reading(False)
+        self._drop_idle_watch(watch)
+        return True
+
+    def add_writer(self, fd, callback, *args):
+        """Call ``callback(*args)`` in each iteration in which ``fd`` is writable."""
+        watch = self._watch_for(fd)
+        watch.writer = (callback, args)
+        self.defer_write(watch)
+
+    def remove_writer(self, fd):
+        """Stop calling ``fd``'s writer; True when there was one."""
+        watch = self._watches.get(_fd_number(fd))
+        if watch is None or watch.writer is None:
+            return False
+        watch.writer = None
+        self.cancel_write(watch)
+        self._drop_idle_watch(watch)
+        return True
+
+    def _watch_for(self, fd):
+        self._check_usable()
+        fd = _fd_number(fd)
+        watch = self._watches.get(fd)
+        if watch is None or watch.closed:
+            watch = FdWatch(self, fd)
+            self.add_channel(watch)
+            self._watches[fd] = watch
+        return watch
+
+    def _drop_idle_watch(self, watch):
+        if watch.reader is None and watch.writer is None:
+            fd = watch.fileno()
+            watch.close()
+            if self._watches.get(fd) is watch:
+                del self._watches[fd]
+
     def channels(self):
         """A snapshot list of the channels being watched."""
         return list(self._channels.values())
@@ -208,13 +263,13 @@ class Poller:
             self._check_usable()
         if self._dirty:
             self._apply_interest()
-        if timeout is None and not self._callbacks and not self._timers._heap:
+        if timeout is None and not self._callbacks and not self._timers.heap:
             wait = None  # a busy server's every iteration: nothing to work out
         else:
             wait = self._next_wait(timeout)
         events = self._wait(wait)
         count = self._dispatch(events) if events else 0
-        if self._timers._heap:
+        if self._timers.heap:
             count += self._run_timers()
         if self._callbacks:
             count += self._run_callbacks()
@@ -228,8 +283,8 @@ class Poller:
         due = self._timers.next_delay()
         if due is not None and (wait is None or due < wait):
             wait = due
-        if wait is not None and wait > _MAX_WAIT:
-            wait = _MAX_WAIT  # the kernel's ms timeouts overflow at ~24 days
+        if wait is not None and wait > MAX_WAIT:
+            wait = MAX_WAIT  # the kernel's ms timeouts overflow at ~24 days
         return wait
 
     def loop(self, timeout=None, count=None):
@@ -270,6 +325,7 @@ class Poller:
         else:
             self._abandon_kernel()
         self._waker.close()
+        self._watches.clear()
         self._channels.clear()
         self._registered.clear()
         self._dirty.clear()
@@ -457,6 +513,16 @@ class Poller:
         """Close our copy of the kernel object without unregistering."""
 
 
+def _fd_number(fd):
+    """An fd given as an int or as an object with ``fileno()``."""
+    if isinstance(fd, int):
+        return fd
+    try:
+        return int(fd.fileno())
+    except (AttributeError, TypeError, ValueError):
+        raise ValueError(f"not an fd or an object with fileno(): {fd!r}") from None
+
+
 def _lost_its_socket(channel, fd):
     """True when ``channel``'s socket object no longer holds ``fd``.
 
@@ -472,256 +538,8 @@ def _lost_its_socket(channel, fd):
         return True
 
 
-def _round_up_ms(timeout):
+def round_up_ms(timeout):
     """Seconds to whole milliseconds, rounded up so a short wait never spins."""
     return -1 if timeout is None else math.ceil(timeout * 1000.0)
 
 
-class SelectPoller(Poller):
-    """``select()``: everywhere, but limited to fds below FD_SETSIZE (1024)."""
-
-    name = "select"
-    FD_SETSIZE = 1024
-
-    def __init__(self):
-        self._readers = set()
-        self._writers = set()
-        super().__init__()
-        self._readers.add(self._waker_fd)
-
-    def _check_fd(self, fd):
-        if fd >= self.FD_SETSIZE:
-            raise ValueError(
-                f"fd {fd} is out of range for select() (FD_SETSIZE "
-                f"{self.FD_SETSIZE}); use the poll or epoll poller"
-            )
-
-    def _register(self, fd, mask):
-        self._modify(fd, 0, mask)
-
-    def _modify(self, fd, old, new):
-        (self._readers.add if new & READ else self._readers.discard)(fd)
-        (self._writers.add if new & WRITE else self._writers.discard)(fd)
-
-    def _unregister(self, fd, old):
-        self._readers.discard(fd)
-        self._writers.discard(fd)
-
-    def _wait(self, timeout):
-        try:
-            readable, writable, _ = select.select(
-                self._readers, self._writers, (), timeout
-            )
-        except OSError as exc:
-            if exc.errno != errno.EBADF:
-                raise
-            self._drop_closed_fds()
-            return ()
-        if not writable:
-            return [(fd, READ) for fd in readable]
-        events = dict.fromkeys(readable, READ)
-        for fd in writable:
-            events[fd] = events.get(fd, 0) | WRITE
-        return events.items()
-
-    def _drop_closed_fds(self):
-        for fd in list(self._readers | self._writers):
-            try:
-                os.fstat(fd)
-            except OSError:
-                self._readers.discard(fd)
-                self._writers.discard(fd)
-                self._registered.pop(fd, None)
-                channel = self._channels.get(fd)
-                if channel is not None:
-                    self._lost_fd(fd, channel)
-
-    def _close_kernel(self):
-        self._readers.clear()
-        self._writers.clear()
-
-
-if hasattr(select, "poll"):
-
-    class PollPoller(Poller):
-        """``poll()``: no fd limit, but O(watched fds) per wait."""
-
-        name = "poll"
-        _READ_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
-        _WRITE_EVENTS = select.POLLOUT | select.POLLERR | select.POLLHUP | select.POLLNVAL
-
-        def __init__(self):
-            self._poll = select.poll()
-            super().__init__()
-            self._poll.register(self._waker_fd, select.POLLIN)
-
-        @staticmethod
-        def _kernel_mask(mask):
-            return (select.POLLIN if mask & READ else 0) | (
-                select.POLLOUT if mask & WRITE else 0
-            )
-
-        def _register(self, fd, mask):
-            self._poll.register(fd, self._kernel_mask(mask))
-
-        def _modify(self, fd, old, new):
-            self._poll.modify(fd, self._kernel_mask(new))
-
-        def _unregister(self, fd, old):
-            self._poll.unregister(fd)
-
-        def _wait(self, timeout):
-            return self._poll.poll(_round_up_ms(timeout))
-
-        def _close_kernel(self):
-            self._poll = None
-
-
-if hasattr(select, "epoll"):
-
-    class EpollPoller(Poller):
-        """Linux ``epoll``: O(ready fds) per wait, no fd limit."""
-
-        name = "epoll"
-        _READ_EVENTS = select.EPOLLIN | select.EPOLLPRI | select.EPOLLERR | select.EPOLLHUP
-        _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
-
-        def __init__(self):
-            self._epoll = select.epoll()
-            super().__init__()
-            self._epoll.register(self._waker_fd, select.EPOLLIN)
-            if type(self)._wait is EpollPoller._wait:
-                # epoll.poll takes our timeout as it is: calling it straight
-                # saves a Python frame per iteration. (A subclass that
-                # overrides _wait keeps its override.)
-                self._wait = self._epoll.poll
-
-        @staticmethod
-        def _kernel_mask(mask):
-            return (select.EPOLLIN if mask & READ else 0) | (
-                select.EPOLLOUT if mask & WRITE else 0
-            )
-
-        def _register(self, fd, mask):
-            self._epoll.register(fd, self._kernel_mask(mask))
-
-        def _modify(self, fd, old, new):
-            self._epoll.modify(fd, self._kernel_mask(new))
-
-        def _unregister(self, fd, old):
-            self._epoll.unregister(fd)
-
-        def _wait(self, timeout):
-            # epoll takes seconds (None: no limit) and rounds up to whole
-            # milliseconds itself.
-            return self._epoll.poll(timeout)
-
-        def _close_kernel(self):
-            self._epoll.close()
-
-        def _abandon_kernel(self):
-            # Closing our copy of the fd removes nothing from the parent's set.
-            self._epoll.close()
-
-
-if hasattr(select, "kqueue"):
-    from ._kqueue_poller import KQueuePoller  # noqa: E402
-
-
-# -- choosing and owning the default poller -----------------------------------
-
-#: Poller names this platform has, best first.
-_PREFERENCE = ("epoll", "kqueue", "poll", "select")
-
-
-def _poller_classes():
-    classes = {"select": SelectPoller}
-    module = sys.modules[__name__]
-    for name, attr in (
-        ("poll", "PollPoller"),
-        ("epoll", "EpollPoller"),
-        ("kqueue", "KQueuePoller"),
-    ):
-        cls = getattr(module, attr, None)
-        if cls is not None:
-            classes[name] = cls
-    return classes
-
-
-def available_pollers():
-    """The names of the pollers this platform has, best first."""
-    classes = _poller_classes()
-    return [name for name in _PREFERENCE if name in classes]
-
-
-def make_poller(name=None):
-    """Build a new poller by name: "epoll", "kqueue", "poll" or "select".
-
-    ``None`` takes ``PIKE_POLLER`` from the environment when it is set, else
-    the best poller the platform has.
-    """
-    if name is None:
-        name = os.environ.get("PIKE_POLLER") or available_pollers()[0]
-    classes = _poller_classes()
-    try:
-        cls = classes[name.lower()]
-    except (KeyError, AttributeError):
-        raise ValueError(
-            f"unknown or unavailable poller {name!r}; this platform has: "
-            f"{', '.join(available_pollers())}"
-        ) from None
-    return cls()
-
-
-_default_poller = None
-_default_lock = threading.Lock()
-
-
-def get_poller():
-    """The process's default poller, made on first use (and anew after fork)."""
-    poller = _default_poller
-    if poller is None or poller._closed or poller._forked_away:
-        return _make_default()
-    return poller
-
-
-def _make_default():
-    global _default_poller
-    with _default_lock:
-        poller = _default_poller
-        if poller is None or poller._closed or poller._forked_away:
-            kind = None
-            if poller is not None and poller._forked_away:
-                kind = poller.name  # a forked child keeps its parent's kind
-            if poller is not None and not poller._closed:
-                poller.close()
-            try:
-                poller = make_poller(kind)
-            except ValueError:  # a kind this platform cannot build anew
-                poller = make_poller()
-            _default_poller = poller
-        return poller
-
-
-def set_poller(poller):
-    """Make ``poller`` the process's default; returns the previous one."""
-    global _default_poller
-    with _default_lock:
-        previous, _default_poller = _default_poller, poller
-    return previous
-
-
-def loop(timeout=None, count=None):
-    """Drive the default poller; see :meth:`Poller.loop`."""
-    return get_poller().loop(timeout=timeout, count=count)
-
-
-def _after_fork_in_child():
-    global _default_lock
-    _default_lock = threading.Lock()  # another thread may have held it
-    for poller in list(_live_pollers):
-        poller._mark_forked()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -13,7 +13,7 @@ logic against a stand-in for ``select.kqueue`` on platforms without it.
 
 import select
 
-from .poller import READ, WRITE, Poller
+from .loop import READ, WRITE, Poller
 
 
 class KQueuePoller(Poller):

@@ -1,0 +1,135 @@
+"""The channel contract: what a poller watches, and how.
+
+A *channel* is one fd and the methods the loop calls for it. Transport is
+the channel most code meets; anything else the loop should watch (a
+server's listening fd, a child's pidfd, a legacy dispatcher, a pipe)
+builds on :class:`Channel`, or needs no class at all and uses
+:meth:`~pike.poller.Poller.add_reader` / :meth:`~pike.poller.Poller.add_writer`.
+
+The contract, all of which :class:`Channel` sets up:
+
+``_fileno`` (int)
+    The fd; -1 once closed. The poller keys its tables on it, so it must not
+    change while the channel is added.
+``_reading`` (bool)
+    The channel wants read events. Call ``poller.update_interest(channel)``
+    after changing it; the kernel is told lazily, before the next wait.
+``_write_armed`` (bool)
+    A one-shot write notification is armed. Only the poller sets it
+    (``defer_write``) and clears it (``cancel_write``, or just before it
+    calls ``handle_write_event``).
+``_plain_read_event`` (bool)
+    A promise that ``handle_read_event`` is Transport's own, so the poller
+    may make its decision inline (a Python call saved per read event).
+    False for every other channel.
+``handle_read_event()`` / ``handle_write_event()``
+    The fd is readable (or hung up, or in error) while reading; an armed
+    write notification fired.
+``handle_close()`` / ``handle_error()``
+    The fd turned out to be closed behind the channel (or a callback raised
+    a connection-lost error); a callback raised anything else.
+``close()``
+    Stop: ``poller.del_channel(channel)`` first, then release the fd.
+
+The attribute names begin with an underscore because applications have no
+business with them; they are the contract between a poller and the classes
+built on this one, and they stay plain attributes because the loop reads
+them on every event.
+"""
+
+import logging
+
+logger = logging.getLogger("pike")
+
+__all__ = ["Channel", "FdWatch"]
+
+
+class Channel:
+    """The base of anything a poller watches: one fd, ``handle_*`` methods.
+
+    ``Channel(poller, fd, reading=True)`` sets up the contract above; call
+    ``poller.add_channel(channel)`` to start watching. The default
+    callbacks do nothing, except that ``handle_close`` and
+    ``handle_error`` (which logs) close the channel. :meth:`close` stops
+    watching; it does not close the fd, which belongs to whoever made it.
+    """
+
+    _plain_read_event = False
+
+    def __init__(self, poller, fd, reading=True):
+        self.poller = poller
+        self._fileno = fd
+        self._reading = reading
+        self._write_armed = False
+        self.closed = False
+
+    def fileno(self):
+        """The fd watched (-1 once closed)."""
+        return self._fileno
+
+    def set_reading(self, reading):
+        """Want read events (True) or not (False); applied before the next wait."""
+        if self._reading != reading:
+            self._reading = reading
+            self.poller.update_interest(self)
+
+    def handle_read_event(self):
+        """The fd is readable (or hung up, or in error)."""
+
+    def handle_write_event(self):
+        """An armed write notification fired (``poller.defer_write``)."""
+
+    def handle_close(self):
+        """The fd was found closed behind the channel: stop watching it."""
+        self.close()
+
+    def handle_error(self):
+        """A callback raised (``sys.exc_info()``): log it and stop watching."""
+        logger.error("pike: unhandled error in %r", self, exc_info=True)
+        self.close()
+
+    def close(self):
+        """Stop watching the fd. Idempotent; the fd itself stays open."""
+        if self.closed:
+            return
+        self.closed = True
+        self.poller.del_channel(self)
+        self._fileno = -1
+
+    def __repr__(self):
+        state = "closed" if self.closed else f"fd={self._fileno}"
+        return f"<{type(self).__name__} {state}>"
+
+
+class FdWatch(Channel):
+    """The channel behind ``add_reader`` / ``add_writer`` for one fd.
+
+    A reader is called on every read event; a writer on every iteration in
+    which the fd is writable (it is re-armed after each call, which costs no
+    system call: interest changes are applied lazily).
+    """
+
+    def __init__(self, poller, fd):
+        super().__init__(poller, fd, reading=False)
+        self.reader = None  # (callback, args)
+        self.writer = None
+
+    def handle_read_event(self):
+        callback, args = self.reader
+        callback(*args)
+
+    def handle_write_event(self):
+        callback, args = self.writer
+        callback(*args)
+        if self.writer is not None and not self.closed:
+            self.poller.defer_write(self)
+
+    def handle_close(self):
+        # The fd was closed without remove_reader/remove_writer first.
+        logger.warning("pike: fd %d was closed while watched; dropping its callbacks", self._fileno)
+        self.reader = self.writer = None
+        self.close()
+
+    def handle_error(self):
+        # A callback raised: as asyncio does, log and keep watching.
+        logger.error("pike: callback for fd %d failed", self._fileno, exc_info=True)
