@@ -1,0 +1,100 @@
+"""``python -m pike`` and its ``info`` and ``echo`` commands, as a person meets them.
+
+Every argument error is one line on stderr, exit status 2, no traceback;
+``--version`` and ``--help`` work and the help is plain text.
+"""
+
+import subprocess
+import sys
+
+import pytest
+
+TIMEOUT = 30.0
+
+
+def run_pike(env, *args):
+    return subprocess.run(
+        [sys.executable, "-m", "pike", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+
+
+ARGUMENT_ERRORS = [
+    ([], "required: COMMAND"),
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["--bogus"], "python -m pike: error:"),
+    (["info", "extra"], "unrecognized arguments: extra"),
+    (["echo", "--port", "99999"], "port must be 0 to 65535, not 99999"),
+    (["echo", "--port", "-1"], "port must be 0 to 65535, not -1"),
+    (["echo", "--port", "http"], "not an integer: 'http'"),
+    (["echo", "--port"], "expected one argument"),
+    (["echo", "--workers", "0"], "--workers: must be at least 1, not 0"),
+    (["echo", "--workers", "two"], "not an integer: 'two'"),
+    (["echo", "--max-connections", "-5"], "--max-connections: must be at least 1"),
+    (["echo", "--grace", "-1"], "--grace: must be a finite number of at least 0"),
+    (["echo", "--grace", "nan"], "--grace: must be a finite number of at least 0"),
+    (["echo", "--grace", "soon"], "not a number: 'soon'"),
+    (["echo", "--poller", "carrier-pigeon"], "unknown or unavailable poller 'carrier-pigeon'"),
+    (["echo", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+]
+
+
+@pytest.mark.parametrize(
+    "args, message", ARGUMENT_ERRORS, ids=[" ".join(a) or "(none)" for a, _ in ARGUMENT_ERRORS]
+)
+def test_an_argument_error_is_one_line_and_status_2(pike_env, args, message):
+    result = run_pike(pike_env, *args)
+    assert result.returncode == 2, result
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert message in lines[0]
+    assert lines[0].startswith("python -m pike")
+    assert "--help" in lines[0]
+
+
+def test_version(pike_env):
+    import pike
+
+    result = run_pike(pike_env, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"pike {pike.__version__}\n"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["info", "--help"], ["echo", "--help"]])
+def test_help_is_plain_text(pike_env, args):
+    result = run_pike(pike_env, *args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: python -m pike")
+    # reST markup (``literal``, :func:`x`) is for the docs, not the terminal.
+    for markup in ("``", ":func:", ":class:", ":meth:", "::\n"):
+        assert markup not in result.stdout, (markup, result.stdout)
+
+
+def test_an_address_that_cannot_be_listened_on_is_one_line_and_status_1(pike_env, tmp_path):
+    result = run_pike(pike_env, "echo", "--unix", str(tmp_path / "no-such-dir" / "sock"))
+    assert result.returncode == 1, result
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "cannot listen on" in lines[0], result.stderr
+
+
+def test_info_says_why_c_is_not_in_use(pike_env):
+    result = run_pike(dict(pike_env, PIKE_IMPL="python"), "info")
+    assert result.returncode == 0, result.stderr
+    assert "implementation: python (PIKE_IMPL=python)" in result.stdout
+    assert "C accelerator not in use: PIKE_IMPL=python chose" in result.stdout
+
+
+def test_info_is_quiet_about_c_when_it_runs(pike_env):
+    from pike import _impl
+
+    if "c" not in _impl.available_implementations():
+        pytest.skip("the C accelerator is not built")
+    result = run_pike(dict(pike_env, PIKE_IMPL="c"), "info")
+    assert result.returncode == 0, result.stderr
+    assert "implementation: c (PIKE_IMPL=c)" in result.stdout
+    assert "not in use" not in result.stdout
