@@ -12,10 +12,23 @@ import pytest
 TIMEOUT = 30.0
 
 
-def run_pike(env, *args):
+@pytest.fixture
+def run_pike(pike_env, tmp_path):
+    """Run ``python -m pike ARGS``; PIKE_IMPL may be given as a keyword."""
+
+    def run(*args, **env):
+        return _run(dict(pike_env, **env), str(tmp_path), *args)
+
+    return run
+
+
+def _run(env, cwd, *args):
+    # From a directory of its own: python -m puts the current directory first
+    # on sys.path, and a source tree there would shadow the pike under test.
     return subprocess.run(
         [sys.executable, "-m", "pike", *args],
         env=env,
+        cwd=cwd,
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
@@ -46,8 +59,8 @@ ARGUMENT_ERRORS = [
 @pytest.mark.parametrize(
     "args, message", ARGUMENT_ERRORS, ids=[" ".join(a) or "(none)" for a, _ in ARGUMENT_ERRORS]
 )
-def test_an_argument_error_is_one_line_and_status_2(pike_env, args, message):
-    result = run_pike(pike_env, *args)
+def test_an_argument_error_is_one_line_and_status_2(run_pike, args, message):
+    result = run_pike(*args)
     assert result.returncode == 2, result
     assert result.stdout == ""
     lines = result.stderr.splitlines()
@@ -57,17 +70,17 @@ def test_an_argument_error_is_one_line_and_status_2(pike_env, args, message):
     assert "--help" in lines[0]
 
 
-def test_version(pike_env):
+def test_version(run_pike):
     import pike
 
-    result = run_pike(pike_env, "--version")
+    result = run_pike("--version")
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"pike {pike.__version__}\n"
 
 
 @pytest.mark.parametrize("args", [["--help"], ["info", "--help"], ["echo", "--help"]])
-def test_help_is_plain_text(pike_env, args):
-    result = run_pike(pike_env, *args)
+def test_help_is_plain_text(run_pike, args):
+    result = run_pike(*args)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: python -m pike")
     # reST markup (``literal``, :func:`x`) is for the docs, not the terminal.
@@ -75,26 +88,26 @@ def test_help_is_plain_text(pike_env, args):
         assert markup not in result.stdout, (markup, result.stdout)
 
 
-def test_an_address_that_cannot_be_listened_on_is_one_line_and_status_1(pike_env, tmp_path):
-    result = run_pike(pike_env, "echo", "--unix", str(tmp_path / "no-such-dir" / "sock"))
+def test_an_address_that_cannot_be_listened_on_is_one_line_and_status_1(run_pike, tmp_path):
+    result = run_pike("echo", "--unix", str(tmp_path / "no-such-dir" / "sock"))
     assert result.returncode == 1, result
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "cannot listen on" in lines[0], result.stderr
 
 
-def test_info_says_why_c_is_not_in_use(pike_env):
-    result = run_pike(dict(pike_env, PIKE_IMPL="python"), "info")
+def test_info_says_why_c_is_not_in_use(run_pike):
+    result = run_pike("info", PIKE_IMPL="python")
     assert result.returncode == 0, result.stderr
     assert "implementation: python (PIKE_IMPL=python)" in result.stdout
     assert "C accelerator not in use: PIKE_IMPL=python chose" in result.stdout
 
 
-def test_info_is_quiet_about_c_when_it_runs(pike_env):
+def test_info_is_quiet_about_c_when_it_runs(run_pike):
     from pike import _impl
 
     if "c" not in _impl.available_implementations():
         pytest.skip("the C accelerator is not built")
-    result = run_pike(dict(pike_env, PIKE_IMPL="c"), "info")
+    result = run_pike("info", PIKE_IMPL="c")
     assert result.returncode == 0, result.stderr
     assert "implementation: c (PIKE_IMPL=c)" in result.stdout
     assert "not in use" not in result.stdout
