@@ -87,10 +87,10 @@ def accelerator_problem() -> Optional[str]:
     return (
         "the C accelerator (pike._pike_accel) is not built" + detail + ". It "
         "needs a C compiler, the Python headers and cffi when pike is "
-        "installed; with those in place, reinstall with "
-        "'python -m pip install --force-reinstall --no-deps .' "
-        "or 'python -m pip install -e .' in a source checkout, and watch pip's "
-        "output for pike's build warning."
+        "installed; with those in place, reinstall pike the way it was "
+        "installed, adding -v and --force-reinstall (in a source checkout: "
+        "'python -m pip install -v -e .'): pip shows the compiler's output, "
+        "and pike's warning when the build fails, only with -v."
     )
 
 

@@ -111,3 +111,37 @@ def test_info_is_quiet_about_c_when_it_runs(run_pike):
     assert result.returncode == 0, result.stderr
     assert "implementation: c (PIKE_IMPL=c)" in result.stdout
     assert "not in use" not in result.stdout
+
+
+# Blocks pike._pike_accel as a machine without a C compiler would lack it.
+NO_ACCELERATOR = """
+import sys
+from importlib.abc import MetaPathFinder
+
+class NoAccelerator(MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "pike._pike_accel":
+            raise ImportError("No module named 'pike._pike_accel'", name=name)
+        return None
+
+sys.meta_path.insert(0, NoAccelerator())
+from pike.__main__ import main
+sys.exit(main(["info"]))
+"""
+
+
+def test_info_says_how_to_get_a_missing_accelerator(pike_env, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", NO_ACCELERATOR],
+        env=dict(pike_env, PIKE_IMPL="auto"),
+        cwd=str(tmp_path),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "implementation: python (PIKE_IMPL=auto)" in result.stdout
+    problem = [line for line in result.stdout.splitlines() if "not in use" in line]
+    assert len(problem) == 1, result.stdout
+    assert "is not built" in problem[0] and "pip install -v" in problem[0]
