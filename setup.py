@@ -8,6 +8,7 @@ Set PIKE_NO_ACCEL to a non-empty value to skip the accelerator entirely.
 """
 
 import os
+import runpy
 import sys
 
 from setuptools import setup
@@ -68,9 +69,20 @@ def _want_accel():
     return True
 
 
+def _abi3_tag():
+    """The limited-API tag the builder compiles for, or None (see there)."""
+    builder = runpy.run_path(os.path.join(HERE, ACCEL_BUILDER), run_name="pike_setup")
+    return builder["LIMITED_API_TAG"] if builder["limited_api_available"]() else None
+
+
 kwargs = {"cmdclass": {"build_ext": OptionalBuildExt}}
 if _want_accel():
     # cffi's setuptools hook runs the builder and adds its extension module.
     kwargs["cffi_modules"] = [ACCEL_BUILDER + ":ffibuilder"]
+    tag = _abi3_tag()
+    if tag:
+        # The module is abi3 (the builder compiles it against the limited
+        # API), so the wheel says so: one wheel for CPython 3.9 and later.
+        kwargs["options"] = {"bdist_wheel": {"py_limited_api": tag}}
 
 setup(**kwargs)

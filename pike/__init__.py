@@ -8,10 +8,16 @@ Importing pike creates no kernel object: the default poller is made the
 first time :func:`get_poller` (or :func:`loop`) asks for it.
 """
 
-__version__ = "0.1.0"
+__version__: str = "0.1.0"
 
 from . import _impl  # noqa: E402
-from ._impl import IMPLEMENTATION  # noqa: E402
+from . import errors  # noqa: E402,F401  (part of the public API)
+
+#: Which implementation of the hot path is in force, ``"c"`` (the cffi
+#: accelerator) or ``"python"``. ``PIKE_IMPL`` chooses it at import (see
+#: :doc:`accelerator`); ``python -m pike info`` prints it, and why C is not
+#: in use when it is not.
+IMPLEMENTATION: str = _impl.IMPLEMENTATION
 from .poller import (  # noqa: E402
     available_pollers,
     get_poller,

@@ -1,8 +1,15 @@
-"""The command line: ``python -m pike {info,bench,echo,spiro}``."""
+"""The command line: python -m pike {info,bench,echo,spiro}."""
+
+from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+from typing import Sequence
+
+from ._cli import ArgumentParser
+
+DESCRIPTION = "pike, a callback-style networking core: its command line."
 
 # Subcommands with parsers of their own: everything after the name is
 # handed to their main(argv), since argparse here would eat their options.
@@ -13,7 +20,7 @@ _HANDED_OVER = {
 }
 
 
-def _info(args):
+def _info(args: argparse.Namespace) -> int:
     import pike
     from pike import _impl
 
@@ -21,6 +28,11 @@ def _info(args):
     print(f"python {sys.version.split()[0]} ({sys.implementation.name})")
     print(f"implementation: {pike.IMPLEMENTATION} (PIKE_IMPL={_impl.REQUESTED})")
     print(f"implementations available: {', '.join(_impl.available_implementations())}")
+    problem = _impl.accelerator_problem()
+    if problem is not None:
+        # Why C is not in use and how to fix it: a failed build is otherwise
+        # silent, since pip shows a build's warnings only with -v.
+        print(f"C accelerator not in use: {problem}")
     pollers = pike.available_pollers()
     print(f"pollers available: {', '.join(pollers)}")
     default = pike.make_poller()
@@ -29,22 +41,40 @@ def _info(args):
     return 0
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in _HANDED_OVER:
-        module = importlib.import_module(_HANDED_OVER[argv[0]][0])
-        return module.main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m pike", description=__doc__)
+def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = ArgumentParser(prog="python -m pike", description=DESCRIPTION)
+    parser.add_argument("--version", action="version", version=f"pike {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
-    info = commands.add_parser("info", help="version, implementation, pollers")
+    info = commands.add_parser(
+        "info", help="version, implementation (and why C is not in use), pollers",
+        description="Print pike's version, the implementation in use (and why "
+        "the C accelerator is not, when it is not) and the pollers available.",
+    )
     info.set_defaults(run=_info)
     for name, (_, summary) in _HANDED_OVER.items():
         commands.add_parser(
             name, help=f"{summary} (python -m pike {name} --help)", add_help=False
         )
-    args = parser.parse_args(argv)
-    return args.run(args)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m pike``; ``argv`` are the arguments after it.
+
+    Returns the exit status; an argument error exits with status 2 and one
+    line on stderr.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _HANDED_OVER:
+        module = importlib.import_module(_HANDED_OVER[argv[0]][0])
+        status: int = module.main(argv[1:])
+        return status
+    args = _parser().parse_args(argv)
+    status = args.run(args)
+    return status
 
 
 if __name__ == "__main__":

@@ -3,9 +3,25 @@
 setup.py names it in ``cffi_modules``; it compiles ``csrc/pike_accel.c``
 into the extension module ``pike._pike_accel``. The declarations below
 mirror ``csrc/pike_accel.h``, which documents each function.
+
+The module is built against CPython's limited API (the stable ABI of
+Python 3.9 and later), so one ``_pike_accel.abi3.so`` serves every
+supported Python, and setup.py tags the wheel ``cp39-abi3``. Debug and
+free-threaded builds of CPython have no stable ABI: there the module is an
+ordinary one for that interpreter.
+
+Run directly (``python pike/_accel_build.py`` from the repository root),
+it builds the module in place; that needs setuptools, which Python 3.12
+and later no longer bundle. ``python -m pip install -e .`` does the same
+without that step.
 """
 
+from __future__ import annotations
+
 import os
+import platform
+import sys
+import sysconfig
 
 from cffi import FFI
 
@@ -40,6 +56,30 @@ KEEP_GIL = """
 #define Py_END_ALLOW_THREADS }
 """
 
+# The oldest Python whose stable ABI the module uses: the wheel tag
+# (cp39-abi3) and Py_LIMITED_API (0x03090000) both say it.
+LIMITED_API_TAG = "cp39"
+LIMITED_API_HEX = "0x03090000"
+
+
+def limited_api_available() -> bool:
+    """True where this interpreter can build and load an abi3 module."""
+    return (
+        platform.python_implementation() == "CPython"
+        and not hasattr(sys, "gettotalrefcount")  # a debug build
+        and not sysconfig.get_config_var("Py_GIL_DISABLED")  # free-threaded
+    )
+
+
+# cffi turns the limited API on by itself where it can (py_limited_api and
+# an unversioned Py_LIMITED_API); naming the version makes the compiler
+# reject anything newer than the tag promises.
+_LIMITED = (
+    {"py_limited_api": True, "define_macros": [("Py_LIMITED_API", LIMITED_API_HEX)]}
+    if limited_api_available()
+    else {"py_limited_api": False}
+)
+
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
@@ -48,7 +88,21 @@ ffibuilder.set_source(
     sources=[os.path.relpath(os.path.join(_CSRC, "pike_accel.c"))],
     include_dirs=[os.path.relpath(_CSRC)],
     extra_compile_args=["-O2"],
+    **_LIMITED,
 )
 
-if __name__ == "__main__":
+
+def _build_in_place() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("setuptools") is None:  # cffi compiles through it
+        sys.exit(
+            "building the accelerator needs setuptools (not bundled with "
+            "Python 3.12 and later): 'python -m pip install setuptools', or "
+            "build it in place with 'python -m pip install -e .' instead"
+        )
     ffibuilder.compile(verbose=True)
+
+
+if __name__ == "__main__":
+    _build_in_place()

@@ -9,17 +9,23 @@
 ``IMPLEMENTATION`` is ``"c"`` or ``"python"``: what actually runs.
 """
 
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only: no typing cost at import
+    from typing import Any, List, Optional, Tuple
 
 _CHOICES = ("auto", "c", "python")
 
 
 # Why the last attempt to load the accelerator failed (None: it loaded, or
 # no attempt was made); read by accelerator_problem().
-_LOAD_ERROR = None
+_LOAD_ERROR: Optional[ImportError] = None
 
 
-def _load_accelerator(requested):
+def _load_accelerator(requested: str) -> Optional[Tuple[Any, Any]]:
     """Return the accelerator's ``(ffi, lib)``, or None on the pure path."""
     global _LOAD_ERROR
     if requested == "python":
@@ -37,7 +43,7 @@ def _load_accelerator(requested):
     return ffi, lib
 
 
-def _requested():
+def _requested() -> str:
     value = os.environ.get("PIKE_IMPL", "auto").strip().lower() or "auto"
     if value not in _CHOICES:
         raise ValueError(
@@ -46,17 +52,20 @@ def _requested():
     return value
 
 
-REQUESTED = _requested()
-ACCEL = _load_accelerator(REQUESTED)
-IMPLEMENTATION = "python" if ACCEL is None else "c"
+#: The ``PIKE_IMPL`` value read at import: "auto", "c" or "python".
+REQUESTED: str = _requested()
+#: The accelerator's ``(ffi, lib)``, or None on the pure path.
+ACCEL: Optional[Tuple[Any, Any]] = _load_accelerator(REQUESTED)
+#: "c" or "python": the implementation in force.
+IMPLEMENTATION: str = "python" if ACCEL is None else "c"
 
 
-def available_implementations():
+def available_implementations() -> List[str]:
     """The implementations this installation can run: "c" only when built."""
     return ["python"] if ACCEL is None else ["c", "python"]
 
 
-def accelerator_problem():
+def accelerator_problem() -> Optional[str]:
     """Why the C accelerator is not in use, and how to fix it; None when it is.
 
     One paragraph for people: ``python -m pike info`` and the bench print it.
@@ -78,14 +87,14 @@ def accelerator_problem():
     return (
         "the C accelerator (pike._pike_accel) is not built" + detail + ". It "
         "needs a C compiler, the Python headers and cffi when pike is "
-        "installed; with those in place, reinstall with "
-        "'python -m pip install --force-reinstall --no-deps .' "
-        "or 'python -m pip install -e .' in a source checkout, and watch pip's "
-        "output for pike's build warning."
+        "installed; with those in place, reinstall pike the way it was "
+        "installed, adding -v and --force-reinstall (in a source checkout: "
+        "'python -m pip install -v -e .'): pip shows the compiler's output, "
+        "and pike's warning when the build fails, only with -v."
     )
 
 
-def _built_copy_elsewhere(here):
+def _built_copy_elsewhere(here: str) -> Optional[str]:
     """The directory of another importable pike that has the accelerator."""
     import sys
 
@@ -102,7 +111,7 @@ def _built_copy_elsewhere(here):
     return None
 
 
-def select_implementation(name):
+def select_implementation(name: str) -> None:
     """Switch the implementation for objects made from now on (tests, bench).
 
     Raises ValueError for an unknown name and ImportError for "c" when the
@@ -120,7 +129,7 @@ def select_implementation(name):
     pike.IMPLEMENTATION = name
 
 
-def _apply(name):
+def _apply(name: str) -> None:
     """Install the chosen implementation's methods on Transport."""
     from .transport import Transport
 
@@ -134,6 +143,6 @@ def _apply(name):
         _c_path.uninstall(Transport)
 
 
-def apply_at_import():
+def apply_at_import() -> None:
     """Called once by ``pike/__init__``, after Transport exists."""
     _apply(IMPLEMENTATION)

@@ -1,10 +1,12 @@
 """Which errors mean "the connection is gone" rather than "something broke"."""
 
+from __future__ import annotations
+
 import errno
 
 #: OSError errnos that end a connection normally: raised from a callback they
 #: go to ``handle_close``, not ``handle_error``.
-CONNECTION_LOST_ERRNOS = frozenset(
+CONNECTION_LOST_ERRNOS: frozenset[int] = frozenset(
     {
         errno.ECONNRESET,
         errno.EPIPE,
@@ -25,7 +27,7 @@ ACCEPT_RESOURCE_ERRNOS = frozenset(
 )
 
 #: connect_ex() results that mean "under way": completion is reported later.
-CONNECT_IN_PROGRESS_ERRNOS = frozenset(
+CONNECT_IN_PROGRESS_ERRNOS: frozenset[int] = frozenset(
     {errno.EINPROGRESS, errno.EALREADY, errno.EWOULDBLOCK}
 )
 
@@ -34,7 +36,7 @@ CONNECT_IN_PROGRESS_ERRNOS = frozenset(
 _LOST_TYPES = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
-def is_connection_lost(exc):
+def is_connection_lost(exc: BaseException) -> bool:
     """True when ``exc`` says the connection is gone (see the errnos above).
 
     A failed connect (ConnectionRefusedError) is not a lost connection.

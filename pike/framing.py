@@ -57,6 +57,18 @@ limit, and asking for the next event then raises :exc:`FrameTooLarge`
 application, not the peer, and are not limited.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only: no typing cost at import
+    from typing import Any, Iterator, Optional, Tuple, Union
+
+    #: What :meth:`Framer.set_terminator` accepts.
+    Terminator = Union[bytes, bytearray, memoryview, int, None]
+    #: What :meth:`Framer.next_event` returns: content, END, or None.
+    Event = Union[bytes, "_End"]
+
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "END",
@@ -78,10 +90,10 @@ class _End:
 
     __slots__ = ()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "END"
 
-    def __reduce__(self):
+    def __reduce__(self) -> str:
         return "END"
 
 
@@ -96,7 +108,7 @@ class FrameTooLarge(ValueError):
     was awaited.
     """
 
-    def __init__(self, limit, terminator):
+    def __init__(self, limit: Optional[int], terminator: Any) -> None:
         self.limit = limit
         self.terminator = terminator
         super().__init__(
@@ -105,7 +117,7 @@ class FrameTooLarge(ValueError):
         )
 
 
-def _as_terminator(term):
+def _as_terminator(term: Any) -> Tuple[int, Any]:
     """Check ``term``; return ``(kind, normalised value)``."""
     if term is None:
         return _ALL, None
@@ -150,7 +162,15 @@ class Framer:
         "_failed",
     )
 
-    def __init__(self, terminator=None, max_frame_size=DEFAULT_MAX_FRAME_SIZE):
+    max_frame_size: Optional[int]
+    bytes_examined: int
+    _term: Any  # bytes, a count or None, as _kind says
+
+    def __init__(
+        self,
+        terminator: Terminator = None,
+        max_frame_size: Optional[int] = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
         self.max_frame_size = max_frame_size
         #: Bytes searched for ``bytes`` terminators so far (a diagnostic:
         #: it stays linear in the input however the input is split).
@@ -166,7 +186,7 @@ class Framer:
 
     # -- the terminator ----------------------------------------------------
 
-    def set_terminator(self, term):
+    def set_terminator(self, term: Terminator) -> None:
         """Set how the input still to come (and still buffered) is framed.
 
         ``term`` is non-empty ``bytes`` (a bytearray or memoryview is copied),
@@ -180,7 +200,7 @@ class Framer:
         self._held = False
         self._frame = 0
 
-    def get_terminator(self):
+    def get_terminator(self) -> Union[bytes, int, None]:
         """The terminator in force; for a count, the bytes still to come."""
         return self._term
 
@@ -188,7 +208,7 @@ class Framer:
 
     # -- input -------------------------------------------------------------
 
-    def feed(self, data):
+    def feed(self, data: Any) -> None:
         """Buffer ``data`` (any bytes-like object); no event is computed yet.
 
         Drain the events with :meth:`next_event` (or :meth:`events`) after
@@ -213,7 +233,7 @@ class Framer:
         self._pos = 0
         self._held = False
 
-    def feed_eof(self):
+    def feed_eof(self) -> None:
         """Say that no more input will come.
 
         A piece held back as a possible start of the terminator is then
@@ -224,16 +244,16 @@ class Framer:
         self._held = False
 
     @property
-    def eof(self):
+    def eof(self) -> bool:
         """True after :meth:`feed_eof`."""
         return self._eof
 
-    def pending(self):
+    def pending(self) -> bytes:
         """The buffered input that no event has delivered yet, as bytes."""
         return self._buf[self._pos :]
 
     @property
-    def buffered(self):
+    def buffered(self) -> int:
         """How many bytes of input are buffered and not yet delivered.
 
         Right after all events were drained this is at most
@@ -242,16 +262,16 @@ class Framer:
         return len(self._buf) - self._pos
 
     @property
-    def frame_size(self):
+    def frame_size(self) -> int:
         """Content bytes of the current frame delivered so far."""
         return self._frame
 
     @property
-    def failed(self):
+    def failed(self) -> bool:
         """True after :exc:`FrameTooLarge` was raised (until :meth:`reset`)."""
         return self._failed
 
-    def reset(self):
+    def reset(self) -> None:
         """Discard buffered input, a pending :data:`END`, the EOF mark and
         the error state; keep the terminator and the limit."""
         self._buf = b""
@@ -264,7 +284,7 @@ class Framer:
 
     # -- events ------------------------------------------------------------
 
-    def next_event(self):
+    def next_event(self) -> Optional[Event]:
         """Frame the next piece of buffered input with the current terminator.
 
         Returns a non-empty ``bytes`` object (frame content), :data:`END`
@@ -340,7 +360,7 @@ class Framer:
         self._pos = size
         return buf if pos == 0 else buf[pos:]
 
-    def events(self):
+    def events(self) -> Iterator[Event]:
         """Iterate over :meth:`next_event` until it returns None.
 
         The iteration is lazy: a terminator set between two events applies
@@ -356,7 +376,7 @@ class Framer:
     # -- helpers -------------------------------------------------------------
 
     @staticmethod
-    def _prefix_at_end(buf, pos, term, tlen):
+    def _prefix_at_end(buf: bytes, pos: int, term: bytes, tlen: int) -> int:
         """Length of the longest proper prefix of ``term`` that ends ``buf[pos:]``."""
         # Most input does not end in a byte of the terminator: one C-level
         # look-up settles it.
@@ -367,9 +387,10 @@ class Framer:
                 return length
         return 0
 
-    def _over_limit(self, buf, pos):
+    def _over_limit(self, buf: bytes, pos: int) -> bytes:
         """Deliver the content up to the limit, then fail."""
-        allowed = self.max_frame_size - self._frame
+        # Only a limit that is set can be exceeded: max_frame_size is an int.
+        allowed = (self.max_frame_size or 0) - self._frame
         if allowed > 0:
             self._frame += allowed
             self._pos = pos + allowed
@@ -378,10 +399,10 @@ class Framer:
         self._failed = True
         raise self._error()
 
-    def _error(self):
+    def _error(self) -> FrameTooLarge:
         return FrameTooLarge(self.max_frame_size, self._term)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = " failed" if self._failed else (" eof" if self._eof else "")
         return (
             f"<Framer terminator={self._term!r} buffered={self.buffered} "

@@ -6,24 +6,26 @@ wake-ups from many threads down to one byte, and a full pipe is fine: a
 wake-up is already pending then.
 """
 
+from __future__ import annotations
+
 import os
 
 
 class Waker:
     """The self-pipe of one poller."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._read_fd, self._write_fd = os.pipe()
         for fd in (self._read_fd, self._write_fd):
             os.set_blocking(fd, False)
             os.set_inheritable(fd, False)
         self._armed = False
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The fd to watch for reading."""
         return self._read_fd
 
-    def wake(self):
+    def wake(self) -> None:
         """Make the poller's next (or current) wait return. Any thread."""
         if self._armed:
             return
@@ -35,7 +37,7 @@ class Waker:
         except OSError:
             pass  # closed during interpreter or poller shutdown
 
-    def clear(self):
+    def clear(self) -> None:
         """Called by the poller's thread before it runs queued callbacks.
 
         Drain first, disarm after: a wake() that lands during the drain saw
@@ -50,7 +52,8 @@ class Waker:
             pass
         self._armed = False
 
-    def close(self):
+    def close(self) -> None:
+        """Close both ends of the pipe; calling it again is harmless."""
         for fd in (self._read_fd, self._write_fd):
             try:
                 os.close(fd)

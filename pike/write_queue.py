@@ -7,12 +7,21 @@ offset instead of being sliced. Several queued buffers leave in one
 ``sendmsg()`` gather write.
 """
 
+from __future__ import annotations
+
 import collections
 import os
 import socket
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only: no typing cost at import
+    from typing import Any, Deque, List, Union
+
+    # What the queue holds: bytes, or a view of the head's unsent part.
+    _Chunk = Union[bytes, memoryview]
 
 
-def _iov_max():
+def _iov_max() -> int:
     """The kernel refuses more iovecs than this in one call (1024 on Linux)."""
     try:
         value = os.sysconf("SC_IOV_MAX")
@@ -30,18 +39,18 @@ class WriteQueue:
 
     __slots__ = ("_buffers", "_offset", "size")
 
-    def __init__(self):
-        self._buffers = collections.deque()
+    def __init__(self) -> None:
+        self._buffers: Deque[bytes] = collections.deque()
         self._offset = 0  # bytes of _buffers[0] already sent
         self.size = 0  # bytes still queued
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.size
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return self.size > 0
 
-    def append(self, data, start=0):
+    def append(self, data: Any, start: int = 0) -> None:
         """Queue ``data[start:]`` (``start`` counts bytes). Empty data is ignored."""
         if type(data) is not bytes:
             # A byte view: an array of ints has len() in items, not bytes.
@@ -57,12 +66,13 @@ class WriteQueue:
         self._buffers.append(data)
         self.size += length
 
-    def clear(self):
+    def clear(self) -> None:
+        """Drop everything queued."""
         self._buffers.clear()
         self._offset = 0
         self.size = 0
 
-    def send_to(self, sock):
+    def send_to(self, sock: socket.socket) -> int:
         """Send as much as the socket takes now; return the bytes sent.
 
         Returns 0 when the socket would block; other OSErrors propagate.
@@ -72,7 +82,7 @@ class WriteQueue:
             return 0
         try:
             if len(buffers) == 1 or not _HAS_SENDMSG:
-                head = buffers[0]
+                head: _Chunk = buffers[0]
                 if self._offset:
                     head = memoryview(head)[self._offset :]
                 sent = sock.send(head)
@@ -83,15 +93,15 @@ class WriteQueue:
         self._consume(sent)
         return sent
 
-    def _iovecs(self):
+    def _iovecs(self) -> List[_Chunk]:
         buffers = self._buffers
         count = min(len(buffers), _IOV_MAX)
-        iovecs = [buffers[i] for i in range(count)]
+        iovecs: List[_Chunk] = [buffers[i] for i in range(count)]
         if self._offset:
             iovecs[0] = memoryview(iovecs[0])[self._offset :]
         return iovecs
 
-    def _consume(self, sent):
+    def _consume(self, sent: int) -> None:
         self.size -= sent
         buffers = self._buffers
         offset = self._offset + sent

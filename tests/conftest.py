@@ -18,6 +18,22 @@ POLLER_NAMES = pike.available_pollers()
 IMPLEMENTATIONS = ["python", "c"]
 
 
+@pytest.fixture
+def pike_env():
+    """The environment for a subprocess that must import the pike under test.
+
+    The pike this process imported, wherever it comes from (the source tree,
+    an editable or a regular install), comes first on PYTHONPATH. Run such a
+    subprocess from a directory of its own (``tmp_path``): ``python -m`` and
+    ``python -c`` put the current directory before PYTHONPATH, where a source
+    tree would shadow an installed pike.
+    """
+    here = os.path.dirname(os.path.dirname(os.path.abspath(pike.__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    return env
+
+
 def open_fds():
     """The set of fds open in this process (Linux and macOS)."""
     for path in ("/proc/self/fd", "/dev/fd"):

@@ -14,40 +14,53 @@ closes them, removes a Unix socket's file and exits with status 0.
 :func:`main` takes the arguments that follow ``echo``.
 """
 
+from __future__ import annotations
+
 import argparse
 import logging
 import signal
 import socket
 import sys
+from typing import Any, Sequence
+
+from .._cli import ArgumentParser, non_negative_float, port_number, positive_int
 
 __all__ = ["main"]
 
+DESCRIPTION = """\
+Run an echo server on pike's event-driven listener. It prints one line
+saying where it listens, serves until SIGINT (Ctrl-C) or SIGTERM, then
+stops gracefully: it stops accepting, gives the connections --grace seconds
+to finish echoing, closes them and exits with status 0.
+"""
 
-def _parser():
-    parser = argparse.ArgumentParser(
+
+def _parser() -> argparse.ArgumentParser:
+    parser = ArgumentParser(
         prog="python -m pike echo",
-        description="Run an echo server on pike's event-driven listener.",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default 127.0.0.1; ::1 for IPv6)")
-    parser.add_argument("--port", type=int, default=0,
+    parser.add_argument("--port", type=port_number, default=0,
                         help="TCP port (default 0: any free port, printed)")
     parser.add_argument("--unix", metavar="PATH",
                         help="listen on this Unix socket path instead of TCP")
-    parser.add_argument("--workers", type=int, default=1,
+    parser.add_argument("--workers", type=positive_int, default=1,
                         help="worker processes (default 1: serve in this process)")
     parser.add_argument("--poller", metavar="NAME",
                         help="epoll, kqueue, poll or select (default: the best here)")
-    parser.add_argument("--max-connections", type=int, metavar="N",
+    parser.add_argument("--max-connections", type=positive_int, metavar="N",
                         help="most connections per process (default: no cap)")
-    parser.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
+    parser.add_argument("--grace", type=non_negative_float, default=5.0, metavar="SECONDS",
                         help="time connections get to finish on a stop (default 5)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log worker starts and exits")
     return parser
 
 
-def _describe(address, family):
+def _describe(address: Any, family: int) -> str:
     if family == getattr(socket, "AF_UNIX", None):
         return f"unix {address}"
     host, port = address[0], address[1]
@@ -56,7 +69,7 @@ def _describe(address, family):
     return f"tcp {host}:{port}"
 
 
-def _serve_here(args, address):
+def _serve_here(args: argparse.Namespace, address: Any) -> int:
     import pike
     from pike.poller import make_poller
 
@@ -72,7 +85,7 @@ def _serve_here(args, address):
         poller.close()
         raise
 
-    def on_signal(signum, frame):
+    def on_signal(signum: int, frame: object) -> None:
         # Python runs this between bytecodes of the main thread, perhaps in
         # the middle of a dispatch: hand the work to the loop instead.
         poller.call_soon_threadsafe(listener.shutdown, args.grace)
@@ -97,7 +110,7 @@ def _serve_here(args, address):
     return 0
 
 
-def _serve_workers(args, address):
+def _serve_workers(args: argparse.Namespace, address: Any) -> int:
     from .echo import EchoConnection
     from .workers import WorkerPool
 
@@ -128,27 +141,27 @@ def _serve_workers(args, address):
         pool.close()
 
 
-def main(argv=None):
-    """Run the echo server; ``argv`` are the arguments after ``echo``."""
-    args = _parser().parse_args(sys.argv[1:] if argv is None else list(argv))
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the echo server; ``argv`` are the arguments after ``echo``.
+
+    Returns the exit status: 0 after a graceful stop, 1 when it cannot
+    listen; an argument error exits with status 2 and one line on stderr.
+    """
+    parser = _parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(process)d %(message)s",
         stream=sys.stderr,
     )
-    if args.workers < 1:
-        print("error: --workers must be at least 1", file=sys.stderr)
-        return 2
     if args.poller is not None:
         import pike
 
         if args.poller.lower() not in pike.available_pollers():
-            print(
-                f"error: unknown or unavailable poller {args.poller!r}; this "
-                f"platform has: {', '.join(pike.available_pollers())}",
-                file=sys.stderr,
+            parser.error(
+                f"unknown or unavailable poller {args.poller!r}; this "
+                f"platform has: {', '.join(pike.available_pollers())}"
             )
-            return 2
     address = args.unix if args.unix else (args.host, args.port)
     try:
         if args.workers == 1:
@@ -156,7 +169,7 @@ def main(argv=None):
         else:
             status = _serve_workers(args, address)
     except OSError as exc:
-        print(f"error: cannot listen on {address!r}: {exc}", file=sys.stderr)
+        print(f"{parser.prog}: error: cannot listen on {address!r}: {exc}", file=sys.stderr)
         return 1
     print("stopped", file=sys.stderr, flush=True)
     return status
