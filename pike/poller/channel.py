@@ -37,7 +37,17 @@ built on this one, and they stay plain attributes because the loop reads
 them on every event.
 """
 
+from __future__ import annotations
+
 import logging
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only: no typing cost at import
+    from typing import Any, Callable
+
+    from .loop import Poller
+
 
 logger = logging.getLogger("pike")
 
@@ -56,39 +66,39 @@ class Channel:
 
     _plain_read_event = False
 
-    def __init__(self, poller, fd, reading=True):
+    def __init__(self, poller: Poller, fd: int, reading: bool = True) -> None:
         self.poller = poller
         self._fileno = fd
         self._reading = reading
         self._write_armed = False
         self.closed = False
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The fd watched (-1 once closed)."""
         return self._fileno
 
-    def set_reading(self, reading):
+    def set_reading(self, reading: bool) -> None:
         """Want read events (True) or not (False); applied before the next wait."""
         if self._reading != reading:
             self._reading = reading
             self.poller.update_interest(self)
 
-    def handle_read_event(self):
+    def handle_read_event(self) -> None:
         """The fd is readable (or hung up, or in error)."""
 
-    def handle_write_event(self):
+    def handle_write_event(self) -> None:
         """An armed write notification fired (``poller.defer_write``)."""
 
-    def handle_close(self):
+    def handle_close(self) -> None:
         """The fd was found closed behind the channel: stop watching it."""
         self.close()
 
-    def handle_error(self):
+    def handle_error(self) -> None:
         """A callback raised (``sys.exc_info()``): log it and stop watching."""
         logger.error("pike: unhandled error in %r", self, exc_info=True)
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         """Stop watching the fd. Idempotent; the fd itself stays open."""
         if self.closed:
             return
@@ -96,7 +106,7 @@ class Channel:
         self.poller.del_channel(self)
         self._fileno = -1
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self.closed else f"fd={self._fileno}"
         return f"<{type(self).__name__} {state}>"
 
@@ -109,27 +119,29 @@ class FdWatch(Channel):
     system call: interest changes are applied lazily).
     """
 
-    def __init__(self, poller, fd):
+    def __init__(self, poller: Poller, fd: int) -> None:
         super().__init__(poller, fd, reading=False)
-        self.reader = None  # (callback, args)
-        self.writer = None
+        self.reader: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
+        self.writer: tuple[Callable[..., Any], tuple[Any, ...]] | None = None
 
-    def handle_read_event(self):
+    def handle_read_event(self) -> None:
+        assert self.reader is not None
         callback, args = self.reader
         callback(*args)
 
-    def handle_write_event(self):
+    def handle_write_event(self) -> None:
+        assert self.writer is not None
         callback, args = self.writer
         callback(*args)
         if self.writer is not None and not self.closed:
             self.poller.defer_write(self)
 
-    def handle_close(self):
+    def handle_close(self) -> None:
         # The fd was closed without remove_reader/remove_writer first.
         logger.warning("pike: fd %d was closed while watched; dropping its callbacks", self._fileno)
         self.reader = self.writer = None
         self.close()
 
-    def handle_error(self):
+    def handle_error(self) -> None:
         # A callback raised: as asyncio does, log and keep watching.
         logger.error("pike: callback for fd %d failed", self._fileno, exc_info=True)

@@ -5,17 +5,19 @@ once per process: a forked child marks every inherited poller as its
 parent's and makes its own.
 """
 
+from __future__ import annotations
+
 import os
 import select
 import threading
 
-from .loop import live_pollers
+from .loop import Poller, live_pollers
 from .select_backend import SelectPoller
 
 
-def _poller_classes():
+def _poller_classes() -> dict[str, type[Poller]]:
     """Poller name -> class, for the backends this platform has."""
-    classes = {"select": SelectPoller}
+    classes: dict[str, type[Poller]] = {"select": SelectPoller}
     if hasattr(select, "poll"):
         from .poll_backend import PollPoller
 
@@ -35,13 +37,13 @@ def _poller_classes():
 _PREFERENCE = ("epoll", "kqueue", "poll", "select")
 
 
-def available_pollers():
+def available_pollers() -> list[str]:
     """The names of the pollers this platform has, best first."""
     classes = _poller_classes()
     return [name for name in _PREFERENCE if name in classes]
 
 
-def make_poller(name=None):
+def make_poller(name: str | None = None) -> Poller:
     """Build a new poller by name: "epoll", "kqueue", "poll" or "select".
 
     ``None`` takes ``PIKE_POLLER`` from the environment when it is set, else
@@ -64,7 +66,7 @@ _default_poller = None
 _default_lock = threading.Lock()
 
 
-def get_poller():
+def get_poller() -> Poller:
     """The process's default poller, made on first use (and anew after fork)."""
     poller = _default_poller
     if poller is None or poller._closed or poller._forked_away:
@@ -72,7 +74,7 @@ def get_poller():
     return poller
 
 
-def _make_default():
+def _make_default() -> Poller:
     global _default_poller
     with _default_lock:
         poller = _default_poller
@@ -90,7 +92,7 @@ def _make_default():
         return poller
 
 
-def set_poller(poller):
+def set_poller(poller: Poller | None) -> Poller | None:
     """Make ``poller`` the process's default; returns the previous one."""
     global _default_poller
     with _default_lock:
@@ -98,12 +100,12 @@ def set_poller(poller):
     return previous
 
 
-def loop(timeout=None, count=None):
+def loop(timeout: float | None = None, count: int | None = None) -> int:
     """Drive the default poller; see :meth:`Poller.loop`."""
     return get_poller().loop(timeout=timeout, count=count)
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     global _default_lock
     _default_lock = threading.Lock()  # another thread may have held it
     for poller in list(live_pollers):

@@ -31,6 +31,8 @@ Facts the code relies on:
 * EINTR is retried by Python itself (PEP 475) with the remaining timeout.
 """
 
+from __future__ import annotations
+
 import collections
 import logging
 import math
@@ -40,7 +42,19 @@ import weakref
 from ..errors import is_connection_lost
 from ..timers import TimerQueue
 from ..waker import Waker
-from .channel import FdWatch
+from .channel import Channel, FdWatch
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only: no typing cost at import
+    from typing import Any, Callable, Deque, Iterable, Protocol, Union
+
+    from ..timers import TimerHandle
+
+    class _HasFileno(Protocol):
+        def fileno(self) -> int: ...
+
+    FileDescriptorLike = Union[int, _HasFileno]
 
 logger = logging.getLogger("pike")
 
@@ -54,7 +68,7 @@ WRITE = 4
 MAX_WAIT = 86400.0
 
 #: Every poller alive, so that a forked child can mark them all.
-live_pollers = weakref.WeakSet()
+live_pollers: weakref.WeakSet[Poller] = weakref.WeakSet()
 
 
 class Poller:
@@ -71,14 +85,14 @@ class Poller:
     _READ_EVENTS = READ
     _WRITE_EVENTS = WRITE
 
-    def __init__(self):
-        self._channels = {}  # fd -> channel
-        self._registered = {}  # fd -> mask the kernel has now
-        self._dirty = {}  # fd -> channel whose wanted mask may have changed
-        self._stale = set()  # fds closed during the running batch
+    def __init__(self) -> None:
+        self._channels: dict[int, Channel] = {}  # fd -> channel
+        self._registered: dict[int, int] = {}  # fd -> mask the kernel has now
+        self._dirty: dict[int, Channel] = {}  # fd -> channel whose wanted mask may have changed
+        self._stale: set[int] = set()  # fds closed during the running batch
         self._dispatching = False
         self._timers = TimerQueue()
-        self._callbacks = collections.deque()  # from call_soon_threadsafe
+        self._callbacks: Deque[tuple[Callable[..., Any], tuple[Any, ...]]] = collections.deque()  # from call_soon_threadsafe
         self._stopping = False
         self._closed = False
         self._forked_away = False
@@ -88,12 +102,12 @@ class Poller:
         # only specialises lookups that the instance itself answers.
         self._read_bits = self._READ_EVENTS
         self._write_bits = self._WRITE_EVENTS
-        self._watches = {}  # fd -> FdWatch, for add_reader / add_writer
+        self._watches: dict[int, FdWatch] = {}  # fd -> FdWatch, for add_reader / add_writer
         live_pollers.add(self)
 
     # -- channels ---------------------------------------------------------
 
-    def add_channel(self, channel):
+    def add_channel(self, channel: Channel) -> None:
         """Start watching ``channel``'s fd for reading."""
         self._check_usable()
         fd = channel._fileno
@@ -117,7 +131,7 @@ class Poller:
         # was collected before the new socket existed.
         self._dirty[fd] = channel
 
-    def del_channel(self, channel):
+    def del_channel(self, channel: Channel) -> None:
         """Stop watching ``channel``; tolerant of fds already closed."""
         fd = channel._fileno
         if self._channels.get(fd) is not channel:
@@ -135,7 +149,7 @@ class Poller:
             except (OSError, ValueError):
                 pass  # already closed behind our back: the kernel forgot it
 
-    def defer_write(self, channel):
+    def defer_write(self, channel: Channel) -> None:
         """Arm one write notification: ``handle_write_event`` fires once."""
         if not channel._write_armed:
             channel._write_armed = True
@@ -143,7 +157,7 @@ class Poller:
             if self._channels.get(fd) is channel:
                 self._dirty[fd] = channel
 
-    def cancel_write(self, channel):
+    def cancel_write(self, channel: Channel) -> None:
         """Disarm a pending write notification, if any."""
         if channel._write_armed:
             channel._write_armed = False
@@ -151,7 +165,7 @@ class Poller:
             if self._channels.get(fd) is channel:
                 self._dirty[fd] = channel
 
-    def update_interest(self, channel):
+    def update_interest(self, channel: Channel) -> None:
         """Note that ``channel._reading`` changed; applied before the next wait."""
         fd = channel._fileno
         if self._channels.get(fd) is channel:
@@ -159,7 +173,7 @@ class Poller:
 
     # -- fd watching in the style of asyncio's add_reader / add_writer -----
 
-    def add_reader(self, fd, callback, *args):
+    def add_reader(self, fd: FileDescriptorLike, callback: Callable[..., Any], *args: Any) -> None:
         """Call ``callback(*args)`` each time ``fd`` is readable.
 
         ``fd`` is an int or an object with ``fileno()``. Replaces an earlier
@@ -171,7 +185,7 @@ class Poller:
         watch.reader = (callback, args)
         watch.set_reading(True)
 
-    def remove_reader(self, fd):
+    def remove_reader(self, fd: FileDescriptorLike) -> bool:
         """Stop calling ``fd``'s reader; True when there was one."""
         watch = self._watches.get(_fd_number(fd))
         if watch is None or watch.reader is None:
@@ -181,13 +195,13 @@ class Poller:
         self._drop_idle_watch(watch)
         return True
 
-    def add_writer(self, fd, callback, *args):
+    def add_writer(self, fd: FileDescriptorLike, callback: Callable[..., Any], *args: Any) -> None:
         """Call ``callback(*args)`` in each iteration in which ``fd`` is writable."""
         watch = self._watch_for(fd)
         watch.writer = (callback, args)
         self.defer_write(watch)
 
-    def remove_writer(self, fd):
+    def remove_writer(self, fd: FileDescriptorLike) -> bool:
         """Stop calling ``fd``'s writer; True when there was one."""
         watch = self._watches.get(_fd_number(fd))
         if watch is None or watch.writer is None:
@@ -197,7 +211,7 @@ class Poller:
         self._drop_idle_watch(watch)
         return True
 
-    def _watch_for(self, fd):
+    def _watch_for(self, fd: FileDescriptorLike) -> FdWatch:
         self._check_usable()
         fd = _fd_number(fd)
         watch = self._watches.get(fd)
@@ -207,23 +221,23 @@ class Poller:
             self._watches[fd] = watch
         return watch
 
-    def _drop_idle_watch(self, watch):
+    def _drop_idle_watch(self, watch: FdWatch) -> None:
         if watch.reader is None and watch.writer is None:
             fd = watch.fileno()
             watch.close()
             if self._watches.get(fd) is watch:
                 del self._watches[fd]
 
-    def channels(self):
+    def channels(self) -> list[Channel]:
         """A snapshot list of the channels being watched."""
         return list(self._channels.values())
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._channels)
 
     # -- timers and other threads -----------------------------------------
 
-    def call_later(self, delay, fn, *args):
+    def call_later(self, delay: float, fn: Callable[..., Any], *args: Any) -> TimerHandle:
         """Run ``fn(*args)`` in this poller's loop after ``delay`` seconds.
 
         Returns a handle whose ``cancel()`` stops the call.
@@ -231,13 +245,13 @@ class Poller:
         self._check_usable()
         return self._timers.schedule(delay, fn, args)
 
-    def call_soon_threadsafe(self, fn, *args):
+    def call_soon_threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)`` from any thread and wake the loop at once."""
         self._check_usable()
         self._callbacks.append((fn, args))
         self._waker.wake()
 
-    def stop(self):
+    def stop(self) -> None:
         """Make the running :meth:`loop` return after this iteration.
 
         Safe from any thread. Called while no loop runs, the next
@@ -247,13 +261,13 @@ class Poller:
         if not self._closed:
             self._waker.wake()
 
-    def time(self):
+    def time(self) -> float:
         """The clock timers use (monotonic seconds)."""
         return self._timers.clock()
 
     # -- the loop ---------------------------------------------------------
 
-    def poll(self, timeout=None):
+    def poll(self, timeout: float | None = None) -> int:
         """One iteration: wait at most ``timeout`` seconds, dispatch.
 
         ``None`` waits until an event, a due timer or a wake-up. Returns
@@ -275,7 +289,7 @@ class Poller:
             count += self._run_callbacks()
         return count
 
-    def _next_wait(self, timeout):
+    def _next_wait(self, timeout: float | None) -> float | None:
         """How long the next wait may last: ``timeout``, capped by timers."""
         if self._callbacks:
             return 0.0
@@ -287,7 +301,7 @@ class Poller:
             wait = MAX_WAIT  # the kernel's ms timeouts overflow at ~24 days
         return wait
 
-    def loop(self, timeout=None, count=None):
+    def loop(self, timeout: float | None = None, count: int | None = None) -> int:
         """Run iterations until one of these ends it.
 
         ``timeout`` seconds have passed; ``count`` iterations were made;
@@ -315,7 +329,7 @@ class Poller:
             self._stopping = False
         return iterations
 
-    def close(self):
+    def close(self) -> None:
         """Release the kernel object and the waker. Channels are left open."""
         if self._closed:
             return
@@ -331,16 +345,16 @@ class Poller:
         self._dirty.clear()
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         return self._closed
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._channels)} channels"
         return f"<{type(self).__name__} {state}>"
 
     # -- internals --------------------------------------------------------
 
-    def _check_usable(self):
+    def _check_usable(self) -> None:
         if self._closed:
             raise RuntimeError("the poller is closed")
         if self._forked_away:
@@ -349,10 +363,27 @@ class Poller:
                 "must use get_poller() or make a poller of its own"
             )
 
-    def _check_fd(self, fd):
+    def _check_fd(self, fd: int) -> None:
         """Refuse fds this backend cannot watch (select's FD_SETSIZE)."""
 
-    def _apply_interest(self):
+    # The kernel calls a backend supplies (see the class docstring).
+
+    def _register(self, fd: int, mask: int) -> None:
+        raise NotImplementedError
+
+    def _modify(self, fd: int, old: int, new: int) -> None:
+        raise NotImplementedError
+
+    def _unregister(self, fd: int, old: int) -> None:
+        raise NotImplementedError
+
+    def _wait(self, timeout: float | None) -> Iterable[tuple[int, int]]:
+        raise NotImplementedError
+
+    def _close_kernel(self) -> None:
+        raise NotImplementedError
+
+    def _apply_interest(self) -> None:
         # Item by item: if a callback raises (KeyboardInterrupt from a
         # handle_close), what is left stays dirty for the next poll.
         dirty = self._dirty
@@ -388,7 +419,7 @@ class Poller:
             else:
                 del registered[fd]
 
-    def _lost_fd(self, fd, channel):
+    def _lost_fd(self, fd: int, channel: Channel) -> None:
         """A watched fd turned out to be closed: end its channel cleanly."""
         if self._channels.get(fd) is channel:
             del self._channels[fd]
@@ -399,7 +430,7 @@ class Poller:
         except BaseException:
             self._callback_failed(channel)
 
-    def _dispatch(self, events):
+    def _dispatch(self, events: Iterable[tuple[int, int]]) -> int:
         channels = self._channels
         stale = self._stale
         read_bits = self._read_bits
@@ -420,10 +451,11 @@ class Poller:
                     try:
                         # What Transport.handle_read_event would do, without
                         # its frame: the most frequent call of the loop.
+                        # (_plain_read_event promises a Transport.)
                         if channel._plain_read_event and not (
-                            channel.connecting or channel.accepting
+                            channel.connecting or channel.accepting  # type: ignore[attr-defined]
                         ):
-                            channel.handle_read()
+                            channel.handle_read()  # type: ignore[attr-defined]
                         else:
                             channel.handle_read_event()
                     except (KeyboardInterrupt, SystemExit):
@@ -450,7 +482,7 @@ class Poller:
                 stale.clear()
         return count
 
-    def _callback_failed(self, channel):
+    def _callback_failed(self, channel: Channel) -> None:
         """Route the exception being handled to the channel's callbacks.
 
         Connection-lost errors go to ``handle_close``, everything else to
@@ -459,7 +491,7 @@ class Poller:
         """
         exc = sys.exc_info()[1]
         try:
-            if is_connection_lost(exc):
+            if exc is not None and is_connection_lost(exc):
                 channel.handle_close()
             else:
                 channel.handle_error()
@@ -473,7 +505,7 @@ class Poller:
                 logger.exception("pike: close() of %r failed", channel)
                 self.del_channel(channel)
 
-    def _run_timers(self):
+    def _run_timers(self) -> int:
         count = 0
         due = self._timers.pop_due()
         for index, handle in enumerate(due):
@@ -489,7 +521,7 @@ class Poller:
                 logger.exception("pike: timer callback %r failed", handle)
         return count
 
-    def _run_callbacks(self):
+    def _run_callbacks(self) -> int:
         # Only what is queued now: calls queued by these calls wait for the
         # next iteration, so a call that requeues itself cannot starve I/O.
         callbacks = self._callbacks
@@ -505,15 +537,15 @@ class Poller:
                 logger.exception("pike: callback %r failed", fn)
         return count
 
-    def _mark_forked(self):
+    def _mark_forked(self) -> None:
         """In a forked child: never touch the parent's kernel object again."""
         self._forked_away = True
 
-    def _abandon_kernel(self):
+    def _abandon_kernel(self) -> None:
         """Close our copy of the kernel object without unregistering."""
 
 
-def _fd_number(fd):
+def _fd_number(fd: FileDescriptorLike) -> int:
     """An fd given as an int or as an object with ``fileno()``."""
     if isinstance(fd, int):
         return fd
@@ -523,7 +555,7 @@ def _fd_number(fd):
         raise ValueError(f"not an fd or an object with fileno(): {fd!r}") from None
 
 
-def _lost_its_socket(channel, fd):
+def _lost_its_socket(channel: Channel, fd: int) -> bool:
     """True when ``channel``'s socket object no longer holds ``fd``.
 
     (A socket closed behind its transport reports fileno() -1.) Channels
@@ -538,7 +570,7 @@ def _lost_its_socket(channel, fd):
         return True
 
 
-def round_up_ms(timeout):
+def round_up_ms(timeout: float | None) -> int:
     """Seconds to whole milliseconds, rounded up so a short wait never spins."""
     return -1 if timeout is None else math.ceil(timeout * 1000.0)
 
