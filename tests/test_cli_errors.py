@@ -1,4 +1,4 @@
-"""``python -m pike`` and its ``info`` and ``echo`` commands, as a person meets them.
+"""``python -m pike`` and its ``info``, ``echo`` and ``bench`` commands, as a person meets them.
 
 Every argument error is one line on stderr, exit status 2, no traceback;
 ``--version`` and ``--help`` work and the help is plain text.
@@ -53,6 +53,12 @@ ARGUMENT_ERRORS = [
     (["echo", "--grace", "soon"], "not a number: 'soon'"),
     (["echo", "--poller", "carrier-pigeon"], "unknown or unavailable poller 'carrier-pigeon'"),
     (["echo", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    (["bench", "--connections", "abc"], "expected comma-separated integers, not 'abc'"),
+    (["bench", "--size", "zz"], "bad size 'zz'"),
+    (["bench", "--mode", "nope"], "invalid choice: 'nope'"),
+    (["bench", "--servers", "nosuch"], "unknown server 'nosuch'"),
+    (["bench", "--repeat", "0"], "need repeat >= 1"),
+    (["bench", "--bogus"], "unrecognized arguments: --bogus"),
 ]
 
 

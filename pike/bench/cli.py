@@ -13,6 +13,7 @@ to stdout. ``--mode soak`` is the endurance check of :mod:`pike.bench.soak`.
 import argparse
 import sys
 
+from pike._cli import ArgumentParser
 from pike.bench import report, runner
 from pike.bench import servers as server_kinds
 
@@ -93,7 +94,7 @@ def _size(text):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(  # (errors are one line: see pike._cli)
         prog="python -m pike bench",
         description=(
             "Side-by-side echo benchmark: each server in its own process, a separate "
