@@ -79,4 +79,18 @@ def installed():
     return result
 
 
-__all__ = ["install", "uninstall", "installed"]
+def interest_changed(channel):
+    """Tell pike's asyncore loop that ``channel``'s answers may have changed.
+
+    ``channel`` is a dispatcher whose class declares ``pike_event_driven =
+    True``: the loop then asks its ``readable()`` / ``writable()`` again only
+    after its own events, after compat's methods (``send``, ``push``...) and
+    after this call. Without the call, such a change is seen at the loop's
+    next full sweep (see the compat page of the docs for the bound).
+    """
+    from pike.compat import asyncore
+
+    asyncore._interest_changed(channel)
+
+
+__all__ = ["install", "uninstall", "installed", "interest_changed"]
