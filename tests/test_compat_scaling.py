@@ -364,3 +364,33 @@ def test_user_setattr_is_kept_under_the_watch():
     d.flag = 1
     assert "flag" in seen and d.flag == 1
     assert getattr(Own.__setattr__, "_pike_watching", False)
+
+
+def test_readable_that_raises_leaves_the_other_suspects_asked(incremental, use_poll):
+    map = incremental.map()
+    chans = [Counting(pair(incremental)[0], map) for _ in range(3)]
+    asyncore.loop(timeout=0.0, use_poll=use_poll, map=map, count=1)
+    bad = chans[0]
+    bad.readable = lambda: 1 / 0  # an instance attribute: asked every time
+    for channel in chans[1:]:
+        channel.out = b"x"  # hints
+    with pytest.raises(ZeroDivisionError):
+        asyncore.loop(timeout=0.0, use_poll=use_poll, map=map, count=1)
+    del bad.readable
+    asyncore.loop(timeout=0.0, use_poll=use_poll, map=map, count=1)
+    engine = asyncore._engines[id(map)]
+    for channel in chans[1:]:
+        assert engine._channels[channel._fileno]._write_armed is True
+
+
+def test_unhashable_readable_makes_a_watched_class():
+    class Callable:
+        __hash__ = None
+
+        def __call__(self, *args):
+            return True
+
+    class Odd(asyncore.dispatcher):
+        readable = Callable()
+
+    assert getattr(Odd.__setattr__, "_pike_watching", False)

@@ -571,8 +571,11 @@ def _classify(cls):
         return
     if getattr(cls, "pike_event_driven", False):
         return  # declared by the application (documented opt-in)
-    if cls.readable in _library_methods and cls.writable in _library_methods:
-        return
+    try:
+        if cls.readable in _library_methods and cls.writable in _library_methods:
+            return
+    except TypeError:
+        pass  # an unhashable callable: certainly not one of compat's
     _watch_assignments(cls)
 
 
@@ -1108,7 +1111,9 @@ if _EpollPoller is not None:
                 ):
                     # No class hook can see its answers change. (Its slot
                     # holds it weakly where it can.)
-                    always.append(self._channels[fd])
+                    slot = self._channels.get(fd)
+                    if slot is not None:  # (None: its readable() closed it)
+                        always.append(slot)
             self._always = always
             if len(self._channels) != len(entries):
                 # Some channel left the map without del_channel().
@@ -1127,10 +1132,20 @@ if _EpollPoller is not None:
             ask = self._ask
             if suspects:
                 self._suspects = {}
-                for obj in list(suspects.values()):
+                pending = list(suspects.values())
+                for index, obj in enumerate(pending):
                     fd = getattr(obj, "_fileno", None)
-                    if fd is not None:
+                    if fd is None:
+                        continue
+                    try:
                         ask(map, fd, obj)
+                    except BaseException:
+                        # readable()/writable() raised (the exception leaves
+                        # loop(), as the original's does): the channels not
+                        # asked yet stay suspects for the next call.
+                        for rest in pending[index + 1:]:
+                            self._suspects[id(rest)] = rest
+                        raise
             for slot in self._always:
                 obj = slot.ref()
                 if obj is not None:
