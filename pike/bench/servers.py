@@ -30,6 +30,8 @@ Kinds:
   of sockets, nothing else; Linux). Any Python-level callback framework
   pays at least this per request; its distance to ``c-ref`` is the price
   of the interpreter itself.
+* ``compat-asyncore``, ``compat-asynchat``: unchanged legacy-style servers
+  on :mod:`pike.compat` (see :mod:`pike.bench.compat_servers`).
 * ``c-ref``: the C epoll reference server ``echo_ref``, compiled from the
   project's own source by :mod:`pike.bench.native`. It is not served by this
   module: the runner starts the executable itself (it prints its port
