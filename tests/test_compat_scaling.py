@@ -394,3 +394,47 @@ def test_unhashable_readable_makes_a_watched_class():
         readable = Callable()
 
     assert getattr(Odd.__setattr__, "_pike_watching", False)
+
+
+def test_sweep_that_raises_is_done_again(incremental, use_poll, monkeypatch):
+    map = incremental.map()
+    chans = [Counting(pair(incremental)[0], map) for _ in range(3)]
+    asyncore.loop(timeout=0.0, use_poll=use_poll, map=map, count=1)
+    engine = asyncore._engines[id(map)]
+    monkeypatch.setattr(engine, "_next_sweep", 0.0)  # a sweep is due
+    failing = [True]
+
+    def readable():
+        if failing:
+            failing.clear()
+            raise ZeroDivisionError
+        return True
+
+    object.__setattr__(chans[1], "readable", readable)  # no hint
+    with pytest.raises(ZeroDivisionError):
+        asyncore.loop(timeout=0.0, use_poll=use_poll, map=map, count=1)
+    assert engine._next_sweep == 0.0
+    for channel in chans:
+        object.__setattr__(channel, "out", b"x")  # no hints either
+    asyncore.loop(timeout=0.0, use_poll=use_poll, map=map, count=1)
+    for channel in chans:
+        assert engine._channels[channel._fileno]._write_armed is True
+
+
+def test_entry_filed_under_another_fd_is_asked_every_time(incremental, use_poll):
+    map = incremental.map()
+    ours, theirs = pair(incremental)
+    channel = Counting(ours, incremental.map())
+    alias = os.dup(ours.fileno())
+    try:
+        map[alias] = channel  # filed under an fd that is not its _fileno
+        asyncore.loop(timeout=0.0, use_poll=use_poll, map=map, count=1)
+        engine = asyncore._engines[id(map)]
+        assert any(slot._fileno == alias for slot in engine._always)
+        object.__setattr__(channel, "out", b"x")  # no hint reaches this map
+        asyncore.loop(timeout=0.0, use_poll=use_poll, map=map, count=1)
+        assert engine._channels[alias]._write_armed is True
+    finally:
+        map.clear()
+        asyncore.close_all(map)
+        os.close(alias)

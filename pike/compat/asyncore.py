@@ -1104,16 +1104,28 @@ if _EpollPoller is not None:
             always = []
             ask = self._ask
             entries = list(map.items())
-            for fd, obj in entries:
-                ask(map, fd, obj)
-                if not isinstance(obj, dispatcher) or (
-                    "readable" in obj.__dict__ or "writable" in obj.__dict__
-                ):
-                    # No class hook can see its answers change. (Its slot
-                    # holds it weakly where it can.)
-                    slot = self._channels.get(fd)
-                    if slot is not None:  # (None: its readable() closed it)
-                        always.append(slot)
+            try:
+                for fd, obj in entries:
+                    ask(map, fd, obj)
+                    if not isinstance(obj, dispatcher):
+                        watched = False
+                    else:
+                        state = obj.__dict__
+                        watched = state.get("_fileno") == fd and not (
+                            "readable" in state or "writable" in state
+                        )
+                    if not watched:
+                        # No hint can name it (not a dispatcher, its own
+                        # readable/writable, or filed under another fd):
+                        # asked every time. Its slot holds it weakly.
+                        slot = self._channels.get(fd)
+                        if slot is not None:  # (None: readable() closed it)
+                            always.append(slot)
+            except BaseException:
+                # readable()/writable() raised: it leaves loop(), as the
+                # original's does, and the next iteration sweeps again.
+                self._next_sweep = 0.0
+                raise
             self._always = always
             if len(self._channels) != len(entries):
                 # Some channel left the map without del_channel().
