@@ -149,3 +149,33 @@ def test_finder_can_be_taken_off_again():
     finally:
         _site_hook.uninstall()
     assert sys.meta_path == before
+
+
+@pytest.mark.parametrize("kind, lines", [("compat-asyncore", False), ("compat-asynchat", True)])
+def test_bench_compat_servers_echo(tmp_path, kind, lines):
+    """The scale benchmark's legacy servers, as scripts/bench_compat_scale.py runs them."""
+    import json
+    import socket
+
+    argv = [sys.executable, "-m", "pike.bench.compat_servers", kind, "--max-seconds", "60"]
+    if lines:
+        argv.append("--lines")
+    env = dict(os.environ, PYTHONPATH=REPO, PIKE_ASYNCORE_SWEEP="incremental")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, env=env)
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert info["kind"] == kind and info["lines"] is lines
+        message = b"one line\n" * 3 + b"last\n"
+        with socket.create_connection(("127.0.0.1", info["port"]), timeout=TIMEOUT_S) as sock:
+            sock.sendall(message)
+            got = b""
+            while len(got) < len(message):
+                chunk = sock.recv(65536)
+                assert chunk, "server closed early"
+                got += chunk
+        assert got == message
+    finally:
+        proc.terminate()
+        proc.wait(timeout=TIMEOUT_S)
+        proc.stdout.close()
+    assert proc.returncode == 0
