@@ -11,6 +11,12 @@ program runs unchanged after one line::
 The replacement goes through ``sys.modules``: it affects imports made after
 the call, not module objects imported before it. Importing this package
 imports none of the replacement modules.
+
+``python -m pike.compat SCRIPT`` (or ``-m MODULE``) does the same for a
+program without editing it, and ``python -m pike.compat --enable-site``
+for every program of an environment (see ``pike/compat/__main__.py``).
+:func:`interest_changed` belongs to the scaling rules of pike's
+``asyncore.loop()``, described in the docs' compat page.
 """
 
 import importlib

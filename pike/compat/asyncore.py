@@ -13,11 +13,15 @@ asyncore`` find it.
 Where it differs is speed, in :func:`loop`. The original rebuilds a
 ``select()`` (or ``poll()``) set from scratch on every iteration, which
 costs O(channels) system-call work and stops at fd 1024. Here ``loop()``
-keeps one pike epoll poller per map (:class:`_MapPoller`). Every iteration
-still asks each channel ``readable()`` and ``writable()``, as the original
-does, but the kernel interest follows the answers lazily: an
-``epoll_ctl`` call is made only for a channel whose answers changed since
-the last iteration, and the wait costs O(ready channels) with no fd limit.
+keeps one pike epoll poller per map (:class:`_MapPoller`). A small map's
+channels are all asked ``readable()`` and ``writable()`` on every
+iteration, as the original does; in a large map only the channels whose
+answers may have changed are asked (after an event of their own, a hint
+from compat's own methods, or an attribute assignment on a class that
+overrides the two), with a periodic full sweep as the safety net, so an
+iteration costs O(active channels). The kernel interest follows the answers
+lazily: an ``epoll_ctl`` call is made only for a channel whose answers
+changed, and the wait costs O(ready channels) with no fd limit.
 The events are then dispatched with the original's semantics: in
 ``select`` mode (the default) as ``select()`` would report them (all reads,
 then all writes, then exceptional conditions, with Linux's select mapping of
