@@ -30,6 +30,8 @@ Kinds:
   of sockets, nothing else; Linux). Any Python-level callback framework
   pays at least this per request; its distance to ``c-ref`` is the price
   of the interpreter itself.
+* ``compat-asyncore``, ``compat-asynchat``: unchanged legacy-style servers
+  on :mod:`pike.compat` (see :mod:`pike.bench.compat_servers`).
 * ``c-ref``: the C epoll reference server ``echo_ref``, compiled from the
   project's own source by :mod:`pike.bench.native`. It is not served by this
   module: the runner starts the executable itself (it prints its port
@@ -55,12 +57,14 @@ import socket
 import sys
 import warnings
 
+from pike.bench.compat_servers import COMPAT_KINDS, accept_batch, serve_compat
+
 HOST = "127.0.0.1"
 RECV_SIZE = 65536
 
 PIKE_POLLERS = ("epoll", "kqueue", "poll", "select")
 PY_FLOOR = "py-floor"
-OTHER_KINDS = ("asyncio", "uvloop", "asyncore", PY_FLOOR)
+OTHER_KINDS = ("asyncio", "uvloop", "asyncore", PY_FLOOR) + COMPAT_KINDS
 #: The C reference server: started by the runner, not by this module.
 C_REF = "c-ref"
 NATIVE_KINDS = (C_REF,)
@@ -116,6 +120,7 @@ def available_kinds(native=True):
         kinds.append("asyncore")
     if hasattr(select, "epoll"):
         kinds.append(PY_FLOOR)
+    kinds.extend(COMPAT_KINDS)
     if native and c_ref_unavailable() is None:
         kinds.append(C_REF)
     return kinds
@@ -313,19 +318,7 @@ def serve_asyncore(port, ready_fd):
                 self.send(data)
 
     class EchoServer(asyncore.dispatcher):
-        def handle_accept(self):
-            # asyncore accepts one connection per event; take what is queued
-            # (a bounded number), as the other servers do.
-            for _ in range(ACCEPTS_PER_EVENT):
-                try:
-                    pair = self.accept()
-                except OSError as exc:
-                    if exc.errno in (errno.EMFILE, errno.ENFILE):
-                        return
-                    raise
-                if pair is None:
-                    return
-                self.handle_accepted(*pair)
+        handle_accept = accept_batch
 
         def handle_accepted(self, sock, addr):
             _nodelay(sock)
@@ -465,6 +458,9 @@ def serve(kind, port=0, ready_fd=None, impl=None):
         serve_asyncore(port, ready_fd)
     elif kind == PY_FLOOR:
         serve_python_floor(port, ready_fd)
+    elif kind in COMPAT_KINDS:
+        _exit_on_signals()
+        serve_compat(kind, port, lambda info: _announce(info, ready_fd))
     elif kind == C_REF:
         raise SystemExit("c-ref is the native echo_ref executable: the runner starts it")
     else:

@@ -11,6 +11,12 @@ program runs unchanged after one line::
 The replacement goes through ``sys.modules``: it affects imports made after
 the call, not module objects imported before it. Importing this package
 imports none of the replacement modules.
+
+``python -m pike.compat SCRIPT`` (or ``-m MODULE``) does the same for a
+program without editing it, and ``python -m pike.compat --enable-site``
+for every program of an environment (see ``pike/compat/__main__.py``).
+:func:`interest_changed` belongs to the scaling rules of pike's
+``asyncore.loop()``, described in the docs' compat page.
 """
 
 import importlib
@@ -79,4 +85,18 @@ def installed():
     return result
 
 
-__all__ = ["install", "uninstall", "installed"]
+def interest_changed(channel):
+    """Tell pike's asyncore loop that ``channel``'s answers may have changed.
+
+    ``channel`` is a dispatcher whose class declares ``pike_event_driven =
+    True``: the loop then asks its ``readable()`` / ``writable()`` again only
+    after its own events, after compat's methods (``send``, ``push``...) and
+    after this call. Without the call, such a change is seen at the loop's
+    next full sweep (see the compat page of the docs for the bound).
+    """
+    from pike.compat import asyncore
+
+    asyncore._interest_changed(channel)
+
+
+__all__ = ["install", "uninstall", "installed", "interest_changed"]

@@ -48,6 +48,9 @@ from collections import deque
 
 from pike.compat import asyncore
 
+# Tells asyncore's loop that a channel's writable() answer may have changed.
+_touch = asyncore._touch
+
 __all__ = ["async_chat", "simple_producer", "fifo", "find_prefix_at_end"]
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
@@ -127,6 +130,11 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
     frame ends and :meth:`push` / :meth:`push_with_producer` to send.
     """
 
+    # readable() / writable() below change only through this class's
+    # methods, which tell the loop (asyncore._touch): not asked every
+    # iteration.
+    _pike_library = True
+
     # Largest recv() and largest send(), in bytes.
     ac_in_buffer_size = 65536
     ac_out_buffer_size = 65536
@@ -146,7 +154,9 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
         # Pieces of the current frame, for _collect_incoming_data/_get_data.
         self.incoming = []
         # Output: bytes-like pieces, producers, and None for "close here".
-        self.producer_fifo = deque()
+        # producer_fifo is made on first use (see the property): an empty
+        # deque costs some 600 bytes, which idle connections need not pay.
+        self._fifo = None
         asyncore.dispatcher.__init__(self, sock, map)
 
     # -- the input buffer ------------------------------------------------
@@ -163,6 +173,18 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
     def ac_in_buffer(self, data):
         self._ac_buf = data
         self._ac_pos = 0
+
+    @property
+    def producer_fifo(self):
+        """The output queue: bytes-like pieces, producers, None for "close"."""
+        fifo = self._fifo
+        if fifo is None:
+            fifo = self._fifo = deque()
+        return fifo
+
+    @producer_fifo.setter
+    def producer_fifo(self, fifo):
+        self._fifo = fifo
 
     # -- what the application defines --------------------------------------
 
@@ -282,11 +304,13 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
         else:
             fifo.append(data)
         self.initiate_send()
+        _touch(self)
 
     def push_with_producer(self, producer):
         """Queue a producer (an object with ``more()``) and try to send."""
         self.producer_fifo.append(producer)
         self.initiate_send()
+        _touch(self)
 
     def readable(self):
         """Always true: input is framed as it comes."""
@@ -294,15 +318,16 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
 
     def writable(self):
         """True while output is queued, or until the socket is connected."""
-        return self.producer_fifo or (not self.connected)
+        return self._fifo or (not self.connected)
 
     def close_when_done(self):
         """Close the channel once everything queued so far has been sent."""
         self.producer_fifo.append(None)
+        _touch(self)
 
     def initiate_send(self):
         """Send from the head of the output queue: at most one ``send()``."""
-        fifo = self.producer_fifo
+        fifo = self._fifo
         while fifo and self.connected:
             first = fifo[0]
             if not first:
@@ -346,4 +371,6 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
         """Drop the unframed input, the collected pieces and all queued output."""
         self.ac_in_buffer = b""
         del self.incoming[:]
-        self.producer_fifo.clear()
+        if self._fifo:
+            self._fifo.clear()
+        _touch(self)

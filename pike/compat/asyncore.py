@@ -13,11 +13,15 @@ asyncore`` find it.
 Where it differs is speed, in :func:`loop`. The original rebuilds a
 ``select()`` (or ``poll()``) set from scratch on every iteration, which
 costs O(channels) system-call work and stops at fd 1024. Here ``loop()``
-keeps one pike epoll poller per map (:class:`_MapPoller`). Every iteration
-still asks each channel ``readable()`` and ``writable()``, as the original
-does, but the kernel interest follows the answers lazily: an
-``epoll_ctl`` call is made only for a channel whose answers changed since
-the last iteration, and the wait costs O(ready channels) with no fd limit.
+keeps one pike epoll poller per map (:class:`_MapPoller`). A small map's
+channels are all asked ``readable()`` and ``writable()`` on every
+iteration, as the original does; in a large map only the channels whose
+answers may have changed are asked (after an event of their own, a hint
+from compat's own methods, or an attribute assignment on a class that
+overrides the two), with a periodic full sweep as the safety net, so an
+iteration costs O(active channels). The kernel interest follows the answers
+lazily: an ``epoll_ctl`` call is made only for a channel whose answers
+changed, and the wait costs O(ready channels) with no fd limit.
 The events are then dispatched with the original's semantics: in
 ``select`` mode (the default) as ``select()`` would report them (all reads,
 then all writes, then exceptional conditions, with Linux's select mapping of
@@ -258,6 +262,7 @@ def loop(timeout=30.0, use_poll=False, map=None, count=None):
                 poll_fun(timeout, map)
                 count -= 1
         return
+    engine._pending = True  # the caller ran code since the last call
     try:
         if count is None:
             while map:
@@ -280,6 +285,8 @@ class dispatcher:
     ``handle_*`` methods to act on it.
     """
 
+    _pike_library = True
+
     debug = False
     connected = False
     accepting = False
@@ -287,6 +294,10 @@ class dispatcher:
     closing = False
     addr = None
     ignore_log_types = frozenset({"warning"})
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _classify(cls)
 
     def __init__(self, sock=None, map=None):
         self._map = socket_map if map is None else map
@@ -330,6 +341,7 @@ class dispatcher:
         if map is None:
             map = self._map
         map[self._fileno] = self
+        _touch_in(map, self, self._fileno)
 
     def del_channel(self, map=None):
         fd = self._fileno
@@ -378,6 +390,7 @@ class dispatcher:
 
     def listen(self, num):
         self.accepting = True
+        _touch(self)
         if os.name == "nt" and num > 5:
             num = 5
         return self.socket.listen(num)
@@ -389,6 +402,7 @@ class dispatcher:
     def connect(self, address):
         self.connected = False
         self.connecting = True
+        _touch(self)
         err = self.socket.connect_ex(address)
         if err in (EINPROGRESS, EALREADY, EWOULDBLOCK) or (
             err == EINVAL and os.name == "nt"
@@ -536,8 +550,95 @@ class dispatcher:
         self.close()
 
 
+# -- which channels the fast path must ask again ---------------------------------
+#
+# The fast path asks a channel readable() / writable() again only when its
+# answers may have changed (see _MapPoller): after an event of its own,
+# after one of compat's methods changed what it waits for (_touch), or
+# after any attribute of it was assigned, for classes whose own
+# readable() / writable() the loop cannot see through. A periodic full
+# sweep catches whatever changed some other way.
+
+#: readable() / writable() functions of compat's own classes: their answers
+#: change only through compat's methods, which call _touch().
+_library_methods = set()
+
+
+def _classify(cls):
+    """Decide, once per class, how the loop learns that its answers changed."""
+    if cls.__dict__.get("_pike_library"):
+        # One of compat's own classes: trust its readable() / writable().
+        for name in ("readable", "writable"):
+            method = cls.__dict__.get(name)
+            if method is not None:
+                _library_methods.add(method)
+        return
+    if getattr(cls, "pike_event_driven", False):
+        return  # declared by the application (documented opt-in)
+    try:
+        if cls.readable in _library_methods and cls.writable in _library_methods:
+            return
+    except TypeError:
+        pass  # an unhashable callable: certainly not one of compat's
+    _watch_assignments(cls)
+
+
+def _watch_assignments(cls):
+    """Make every attribute assignment on ``cls``'s instances a hint."""
+    current = cls.__setattr__
+    if getattr(current, "_pike_watching", False):
+        return  # inherited from a watched base already
+    if current is object.__setattr__:
+
+        def __setattr__(self, name, value):
+            object.__setattr__(self, name, value)
+            _touch(self)
+
+    else:  # the class (or a base) has a __setattr__ of its own: keep it
+
+        def __setattr__(self, name, value, _inner=current):
+            _inner(self, name, value)
+            _touch(self)
+
+    __setattr__._pike_watching = True
+    cls.__setattr__ = __setattr__
+
+
+def _touch(obj):
+    """``obj``'s readable() / writable() answers may have changed."""
+    # (_touch_in written out: this runs on every watched assignment.)
+    state = obj.__dict__
+    map = state.get("_map")
+    engine = _engines.get(id(map))
+    if engine is not None and map.get(state.get("_fileno")) is obj:
+        engine._suspects[id(obj)] = obj
+
+
+def _touch_in(map, obj, fd):
+    engine = _engines.get(id(map))
+    # Only a channel in the map: the poller must not keep a closed one alive.
+    if engine is not None and map.get(fd) is obj:
+        engine._suspects[id(obj)] = obj
+
+
+def _interest_changed(obj):
+    """Tell the loop that ``obj.readable()`` / ``writable()`` may answer anew.
+
+    Only needed for changes the loop cannot see: a class that declares
+    ``pike_event_driven = True`` and changes what it waits for outside its
+    own handlers and without calling compat's methods. Without the call, the
+    change is seen at the next full sweep.
+    """
+    _touch(obj)
+
+
+_classify(dispatcher)
+
+
 class dispatcher_with_send(dispatcher):
     """A dispatcher that buffers what :meth:`send` cannot send at once."""
+
+    _pike_library = True
 
     def __init__(self, sock=None, map=None):
         dispatcher.__init__(self, sock, map)
@@ -558,6 +659,7 @@ class dispatcher_with_send(dispatcher):
             self.log_info("sending %s" % repr(data))
         self.out_buffer = self.out_buffer + data
         self.initiate_send()
+        _touch(self)
 
 
 # -- helpers -----------------------------------------------------------------
@@ -689,6 +791,33 @@ _FAST_PATH = os.environ.get("PIKE_ASYNCORE_FAST", "1").strip().lower() not in (
     "false",
 )
 
+# How the fast path finds out which channels to ask readable()/writable():
+# "auto" (default) sweeps small maps whole on every iteration and larger
+# ones every _SWEEP_INTERVAL seconds, asking only suspects in between;
+# "always" sweeps every iteration (the original cost); "incremental" uses
+# suspects whatever the map's size.
+_SWEEP_MODE = os.environ.get("PIKE_ASYNCORE_SWEEP", "auto").strip().lower()
+if _SWEEP_MODE not in ("auto", "always", "incremental"):
+    _SWEEP_MODE = "auto"
+# Maps of at most this many channels are swept whole in "auto" mode: the
+# sweep costs them less than a microsecond per channel.
+_SMALL_MAP = 64
+
+# Longest time, in seconds, between two full sweeps of a map while the
+# loop runs handlers: the latency bound for a change that nothing reported.
+_SWEEP_INTERVAL = 0.1
+try:
+    _SWEEP_INTERVAL = max(float(os.environ.get("PIKE_ASYNCORE_SWEEP_INTERVAL", "")), 0.001)
+except ValueError:
+    pass
+
+# A full sweep that took d seconds is followed by the next one no sooner
+# than d times this: the sweeps cost at most 2% of the loop's time. (About
+# 10,000 channels take 10-20 ms to sweep, hence 0.5-1 s between sweeps.)
+_SWEEP_COST_RATIO = 50
+
+_monotonic = time.monotonic
+
 # At most this many maps keep a poller between loop() calls.
 _MAX_ENGINES = 8
 
@@ -791,6 +920,7 @@ def _forget(map, fd, obj):
     engine = _engines.get(id(map))
     if engine is None:
         return
+    engine._suspects.pop(id(obj), None)
     slot = engine._channels.get(fd)
     if slot is not None and slot.ref() is obj:
         engine.del_channel(slot)
@@ -873,11 +1003,20 @@ if _EpollPoller is not None:
     class _MapPoller(_EpollPoller):
         """A pike epoll poller that drives one asyncore map.
 
-        :meth:`run_once` is one iteration of :func:`loop`: ask every channel
-        of the map ``readable()`` / ``writable()``, mark the slots whose
-        answers changed (the poller applies only those to the kernel, just
-        before it waits), wait, and dispatch with ``select()`` or ``poll()``
-        semantics.
+        :meth:`run_once` is one iteration of :func:`loop`: bring the slots
+        up to date with the channels' ``readable()`` / ``writable()``
+        answers (the poller applies only the changed ones to the kernel,
+        just before it waits), wait, and dispatch with ``select()`` or
+        ``poll()`` semantics.
+
+        Which channels are asked depends on the map's size. A small map
+        (and every map with ``PIKE_ASYNCORE_SWEEP=always``) is swept whole
+        on every iteration, as the original loop does. A larger one is
+        swept whole at most every ``_SWEEP_INTERVAL`` seconds; in between,
+        only the *suspects* are asked: the channels that had an event, the
+        ones compat's own methods touched, the ones whose attributes were
+        assigned (for classes that override readable()/writable()), and
+        map entries that are not dispatchers at all.
         """
 
         name = "asyncore-epoll"
@@ -888,6 +1027,13 @@ if _EpollPoller is not None:
             self._map_now = None  # the map, during one iteration only
             self._lost = []  # slots whose fd turned out to be closed
             self._unpollable = set()  # fds epoll refuses (regular files)
+            self._suspects = {}  # id(channel) -> channel, to ask again
+            self._always = []  # slots of entries asked on every iteration
+            self._next_sweep = 0.0  # time.monotonic() of the next full sweep
+            # Code that may have changed answers without a hint has run
+            # since the last full sweep (handlers, or the caller between
+            # loop() calls): the wait must end by the next sweep.
+            self._pending = True
             super().__init__()
 
         # -- one iteration ----------------------------------------------
@@ -899,56 +1045,152 @@ if _EpollPoller is not None:
             and no queued calls, and the asyncore loop is hot enough for
             their checks to show.
             """
-            if not self._sync(map) and not self.poll_mode:
-                time.sleep(timeout)  # what select-based poll() does then
-                return
+            now = _monotonic()
+            if self._sweep_due(map, now):
+                self._sweep(map, now)
+            else:
+                self._ask_suspects(map)
             if self._dirty:
                 self._apply_interest()
+            if not (self.poll_mode or self._registered or self._unpollable or self._lost):
+                # Nobody waits for anything: poll() sleeps then. Unless a
+                # change may be unseen, when the sleep must end at the
+                # sweep: the epoll wait below does both.
+                if not self._pending or timeout is None:
+                    time.sleep(timeout)
+                    return
             if timeout is not None:
                 timeout = min(max(timeout, 0.0), _MAX_WAIT)
             self._map_now = map
             try:
-                events = self._wait(timeout)
+                events = self._wait_sweeping(map, timeout, now)
                 if events:
+                    self._pending = True
                     self._dispatch(events)
             finally:
                 self._map_now = None
             if self._lost:
                 self._report_lost(map)
 
-        def _sync(self, map):
-            """Bring the slots up to date with ``map``; True if anyone waits.
+        def _sweep_due(self, map, now):
+            if _SWEEP_MODE == "always" or now >= self._next_sweep:
+                return True
+            if _SWEEP_MODE == "auto" and len(map) <= _SMALL_MAP:
+                return True
+            # An entry came or went without the channel's own methods.
+            return len(map) != len(self._channels)
 
-            Asks every channel ``readable()`` then ``writable()`` (and a
-            writable one whether it is ``accepting``), as poll() does, and
-            marks dirty only the slots whose answers changed.
+        def _wait_sweeping(self, map, timeout, now):
+            """Wait up to ``timeout``, sweeping when the sweep falls due.
+
+            Without pending work the wait is the caller's; otherwise it is
+            cut at the next sweep, which runs, and the wait goes on for the
+            rest of ``timeout``: one loop() iteration still lasts as long
+            as the caller asked, however many sweeps it holds.
             """
-            get = self._channels.get
-            dirty = self._dirty
-            anyone = False
+            while True:
+                wait = timeout
+                cut = False
+                if self._pending:
+                    left = max(self._next_sweep - now, 0.0)
+                    if wait is None or left < wait:
+                        wait, cut = left, True
+                events = self._wait(wait)
+                if events or not cut:
+                    return events
+                later = _monotonic()
+                if timeout is not None:
+                    timeout = max(timeout - (later - now), 0.0)
+                now = later
+                self._sweep(map, now)
+                if self._dirty:
+                    self._apply_interest()
+
+        def _sweep(self, map, now):
+            """Ask every channel of ``map``; the safety net of the hints."""
+            self._suspects = {}
+            always = []
+            ask = self._ask
             entries = list(map.items())
-            for fd, obj in entries:
-                reading = True if obj.readable() else False
-                writing = True if obj.writable() and not obj.accepting else False
-                slot = get(fd)
-                if slot is not None and slot.ref() is obj:
-                    if slot._reading is not reading or slot._write_armed is not writing:
-                        slot._reading = reading
-                        slot._write_armed = writing
-                        dirty[fd] = slot
-                else:
-                    if slot is not None:
-                        self.del_channel(slot)  # fd reused by another channel
-                    self.add_channel(_Slot(fd, obj, reading, writing))
-                if reading or writing:
-                    anyone = True
+            try:
+                for fd, obj in entries:
+                    ask(map, fd, obj)
+                    if not isinstance(obj, dispatcher):
+                        watched = False
+                    else:
+                        state = obj.__dict__
+                        watched = state.get("_fileno") == fd and not (
+                            "readable" in state or "writable" in state
+                        )
+                    if not watched:
+                        # No hint can name it (not a dispatcher, its own
+                        # readable/writable, or filed under another fd):
+                        # asked every time. Its slot holds it weakly.
+                        slot = self._channels.get(fd)
+                        if slot is not None:  # (None: readable() closed it)
+                            always.append(slot)
+            except BaseException:
+                # readable()/writable() raised: it leaves loop(), as the
+                # original's does, and the next iteration sweeps again.
+                self._next_sweep = 0.0
+                raise
+            self._always = always
             if len(self._channels) != len(entries):
                 # Some channel left the map without del_channel().
                 for fd, slot in list(self._channels.items()):
                     obj = map.get(fd)
                     if obj is None or slot.ref() is not obj:
                         self.del_channel(slot)
-            return anyone
+            # A big map is swept less often: the sweeps take at most a
+            # 1/_SWEEP_COST_RATIO share of the loop's time.
+            done = _monotonic()
+            self._next_sweep = done + max(_SWEEP_INTERVAL, (done - now) * _SWEEP_COST_RATIO)
+            self._pending = False
+
+        def _ask_suspects(self, map):
+            suspects = self._suspects
+            ask = self._ask
+            if suspects:
+                self._suspects = {}
+                pending = list(suspects.values())
+                for index, obj in enumerate(pending):
+                    fd = getattr(obj, "_fileno", None)
+                    if fd is None:
+                        continue
+                    try:
+                        ask(map, fd, obj)
+                    except BaseException:
+                        # readable()/writable() raised (the exception leaves
+                        # loop(), as the original's does): the channels not
+                        # asked yet stay suspects for the next call.
+                        for rest in pending[index + 1:]:
+                            self._suspects[id(rest)] = rest
+                        raise
+            for slot in self._always:
+                obj = slot.ref()
+                if obj is not None:
+                    ask(map, slot._fileno, obj)
+
+        def _ask(self, map, fd, obj):
+            """Ask ``obj`` (the entry of ``fd``) readable() then writable().
+
+            As poll() does, a writable one is also asked whether it is
+            ``accepting``. Only a slot whose answers changed is marked dirty.
+            """
+            if map.get(fd) is not obj:
+                return  # left the map (or is not in this one)
+            reading = True if obj.readable() else False
+            writing = True if obj.writable() and not obj.accepting else False
+            slot = self._channels.get(fd)
+            if slot is not None and slot.ref() is obj:
+                if slot._reading is not reading or slot._write_armed is not writing:
+                    slot._reading = reading
+                    slot._write_armed = writing
+                    self._dirty[fd] = slot
+            else:
+                if slot is not None:
+                    self.del_channel(slot)  # fd reused by another channel
+                self.add_channel(_Slot(fd, obj, reading, writing))
 
         # -- the kernel --------------------------------------------------
 
@@ -1034,6 +1276,7 @@ if _EpollPoller is not None:
             map = self._map_now
             channels = self._channels
             waker_fd = self._waker_fd
+            suspects = self._suspects  # whoever gets an event is asked again
             if self.poll_mode:
                 for fd, bits in events:
                     slot = channels.get(fd)
@@ -1044,6 +1287,7 @@ if _EpollPoller is not None:
                     obj = slot.ref()
                     if obj is None or map.get(fd) is not obj:
                         continue
+                    suspects[id(obj)] = obj
                     readwrite(obj, _epoll_to_poll(bits))
                 return len(events)
             readers = []
@@ -1078,6 +1322,7 @@ if _EpollPoller is not None:
                     obj = slot.ref()
                     if obj is None or map.get(fd) is not obj:
                         continue
+                    suspects[id(obj)] = obj
                     handler(obj)
             return len(events)
 
@@ -1086,6 +1331,7 @@ if _EpollPoller is not None:
             for slot in lost:
                 obj = slot.ref()
                 if obj is not None and map.get(slot._fileno) is obj:
+                    self._suspects[id(obj)] = obj
                     readwrite(obj, select.POLLNVAL)
 
         def __repr__(self):
