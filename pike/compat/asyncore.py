@@ -63,7 +63,7 @@ import socket
 import sys
 import time
 import warnings
-from errno import (
+from errno import (  # noqa: F401 - all of them asyncore names, as the stdlib's does
     EAGAIN,
     EALREADY,
     EBADF,
@@ -83,6 +83,7 @@ import threading as _threading
 import weakref as _weakref
 
 from pike import poller as _pike_poller
+from pike.errors import CONNECTION_LOST_ERRNOS
 
 # The map channels live in unless one is passed explicitly.
 socket_map = {}
@@ -95,10 +96,9 @@ class ExitNow(Exception):
 # Exceptions that escape the event helpers instead of reaching handle_error.
 _reraised_exceptions = (ExitNow, KeyboardInterrupt, SystemExit)
 
-# Errors that mean "the peer is gone": they turn into handle_close().
-_DISCONNECTED = frozenset(
-    (ECONNRESET, ENOTCONN, ESHUTDOWN, ECONNABORTED, EPIPE, EBADF)
-)
+# Errors that mean "the peer is gone": they turn into handle_close(). (The
+# same table as the transport's: asyncore's own list has the same six.)
+_DISCONNECTED = CONNECTION_LOST_ERRNOS
 
 
 def _strerror(err):
