@@ -109,11 +109,25 @@ def test_program_exit_status_is_kept(tmp_path):
 ])
 def test_bad_command_lines_are_refused(tmp_path, capsys, argv, message):
     assert compat_main.main(argv) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1 and err.startswith("python -m pike.compat: error: "), err
 
 
-def test_no_arguments_prints_usage(capsys):
+def test_no_arguments_is_a_one_line_error(capsys):
     assert compat_main.main([]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "error:" in err
+
+
+def test_a_missing_module_is_a_one_line_error(capsys):
+    assert compat_main.main(["-m", "no_such_module_for_pike_tests"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no module named" in err
+
+
+def test_help_prints_usage(capsys):
+    assert compat_main.main(["--help"]) == 0
     assert "usage:" in capsys.readouterr().out
 
 

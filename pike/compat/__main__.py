@@ -64,23 +64,38 @@ def disable_site(directory):
     return removed
 
 
+def _error(message):
+    """An argument error: one line on stderr, exit status 2."""
+    sys.stderr.write(f"python -m pike.compat: error: {message} (see python -m pike.compat --help)\n")
+    return 2
+
+
+def _module_exists(name):
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def main(argv=None):
     args = list(sys.argv[1:] if argv is None else argv)
     socketserver = False
     while args and args[0] == "--socketserver":
         socketserver = True
         args.pop(0)
-    if not args or args[0] in ("-h", "--help"):
+    if not args:
+        return _error("a SCRIPT, -m MODULE, --enable-site or --disable-site is needed")
+    if args[0] in ("-h", "--help"):
         sys.stdout.write(USAGE + "\n" + __doc__.split("\n\n", 2)[2])
-        return 0 if args else 2
+        return 0
     if args[0] in ("--enable-site", "--disable-site"):
         if len(args) > 2:
-            sys.stderr.write(USAGE + f"error: {args[0]} takes at most one directory\n")
-            return 2
+            return _error(f"{args[0]} takes at most one directory")
         directory = _site_dir(args)
         if not os.path.isdir(directory):
-            sys.stderr.write(f"python -m pike.compat: no such directory {directory!r}\n")
-            return 2
+            return _error(f"no such directory {directory!r}")
         if args[0] == "--enable-site":
             done = enable_site(directory)
         else:
@@ -92,16 +107,15 @@ def main(argv=None):
     module = None
     if args[0] == "-m":
         if len(args) < 2:
-            sys.stderr.write(USAGE + "error: -m needs a module name\n")
-            return 2
+            return _error("-m needs a module name")
         module = args[1]
+        if not _module_exists(module):
+            return _error(f"no module named {module!r}")
         args = args[1:]
     elif args[0].startswith("-"):
-        sys.stderr.write(USAGE + f"error: unknown option {args[0]!r}\n")
-        return 2
+        return _error(f"unknown option {args[0]!r}")
     elif not os.path.exists(args[0]):
-        sys.stderr.write(f"python -m pike.compat: can't open file {args[0]!r}\n")
-        return 2
+        return _error(f"can't open file {args[0]!r}")
     pike.compat.install(socketserver=socketserver)
     sys.argv = args  # what the program would see run directly (argv[0] fixed by runpy)
     if module is not None:
