@@ -1,5 +1,7 @@
 """A lean echo connection, for ``python -m pike echo`` and the tests."""
 
+from __future__ import annotations
+
 from pike.transport import Transport
 
 __all__ = ["EchoConnection"]
@@ -18,19 +20,19 @@ class EchoConnection(Transport):
     read_size = 65536
     _stopping = False
 
-    def handle_read(self):
+    def handle_read(self) -> None:
         data = self.recv(self.read_size)
         if data and not self.closed:
             self.write(data)
 
-    def handle_pause_writing(self):
+    def handle_pause_writing(self) -> None:
         self.pause_reading()
 
-    def handle_resume_writing(self):
+    def handle_resume_writing(self) -> None:
         if not self._stopping:
             self.resume_reading()
 
-    def handle_shutdown(self):
+    def handle_shutdown(self) -> None:
         self._stopping = True
         self.pause_reading()
         self.close_when_done()

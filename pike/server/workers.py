@@ -34,6 +34,8 @@ restart. Pike does not invent a cluster beyond one machine: put pike servers
 behind the usual load balancer for that.
 """
 
+from __future__ import annotations
+
 import logging
 import os
 import select
@@ -48,6 +50,14 @@ from pike.poller import Channel, make_poller
 from pike.transport import Transport
 
 from .listener import Listener, family_of, listening_socket
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only: no typing cost at import
+    from typing import Any, Callable, Tuple, Union
+
+    Address = Union[str, bytes, Tuple[Any, ...]]
+
 
 __all__ = ["WorkerPool"]
 
@@ -137,18 +147,18 @@ class WorkerPool:
 
     def __init__(
         self,
-        factory,
-        address,
-        workers=2,
+        factory: Callable[..., Transport],
+        address: Address,
+        workers: int = 2,
         *,
-        family=None,
-        poller_name=None,
-        backlog=128,
-        max_connections=None,
-        reuse_port=None,
-        grace=5.0,
-        on_worker_start=None,
-    ):
+        family: int | None = None,
+        poller_name: str | None = None,
+        backlog: int = 128,
+        max_connections: int | None = None,
+        reuse_port: bool | None = None,
+        grace: float = 5.0,
+        on_worker_start: Callable[[int, Listener], Any] | None = None,
+    ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.factory = factory
@@ -170,24 +180,24 @@ class WorkerPool:
         #: How many workers were started to replace one that died.
         self.restarts = 0
         self._slots = [_Slot(i) for i in range(workers)]
-        self._sock = None  # the reservation or the shared listening socket
+        self._sock: Any = None  # the reservation or the shared listening socket
         self._unix_path = None
-        self._lifeline = None  # (parent end, child end)
-        self._poller = None
+        self._lifeline: Any = None  # (parent end, child end)
+        self._poller: Any = None
         self._started = False
         self._closed = False
-        self._stop_signal = None
+        self._stop_signal: int | None = None
         self._use_pidfd = hasattr(os, "pidfd_open")
         self._parent_pid = os.getpid()
 
     # -- public ------------------------------------------------------------
 
     @property
-    def pids(self):
+    def pids(self) -> list[int]:
         """The pids of the workers running now."""
         return [slot.pid for slot in self._slots if slot.pid is not None]
 
-    def start(self):
+    def start(self) -> None:
         """Bind, fork the workers and return. Idempotent."""
         if self._started:
             return
@@ -236,7 +246,7 @@ class WorkerPool:
             for fd in pending:
                 os.close(fd)
 
-    def run(self):
+    def run(self) -> int:
         """Start (if not yet), supervise until stopped, stop the workers; 0.
 
         In the main thread, SIGTERM and SIGINT stop the pool (and are
@@ -262,7 +272,7 @@ class WorkerPool:
             self.close()
         return 0
 
-    def stop(self, signum=signal.SIGTERM):
+    def stop(self, signum: int = signal.SIGTERM) -> None:
         """Ask :meth:`run` to stop the workers with ``signum`` (graceful)."""
         if self._stop_signal is None:
             self._stop_signal = signum
@@ -270,7 +280,7 @@ class WorkerPool:
         if poller is not None:
             poller.stop()  # wakes the supervising poll at once
 
-    def close(self):
+    def close(self) -> None:
         """Kill the workers still running, reap them, release everything."""
         if self._closed:
             return
@@ -296,10 +306,10 @@ class WorkerPool:
             self._poller.close()
             self._poller = None
 
-    def __enter__(self):
+    def __enter__(self) -> WorkerPool:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # -- signals -------------------------------------------------------------
