@@ -44,11 +44,28 @@ Differences from ``asynchat`` that a caller can see, all deliberate:
   that was already buffered, and the producer FIFO is emptied.
 """
 
+from __future__ import annotations
+
 import collections
 import logging
 
 from .framing import DEFAULT_MAX_FRAME_SIZE, END, FrameTooLarge, Framer
 from .transport import Transport
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only: no typing cost at import
+    import socket
+    from typing import Deque, Protocol, Union
+
+    from .poller import Poller
+
+    BytesLike = Union[bytes, bytearray, memoryview]
+
+    class Producer(Protocol):
+        """What push_with_producer takes: more() gives bytes, b"" at the end."""
+
+        def more(self) -> bytes: ...
 
 __all__ = ["Chat", "simple_producer", "FrameTooLarge"]
 
@@ -66,7 +83,7 @@ class simple_producer:  # noqa: N801 - the asynchat name
 
     __slots__ = ("data", "buffer_size", "_offset")
 
-    def __init__(self, data, buffer_size=512):
+    def __init__(self, data: BytesLike, buffer_size: int = 512) -> None:
         if not isinstance(data, _BYTES_LIKE):
             raise TypeError(
                 f"data must be a bytes-like object, not {type(data).__name__}"
@@ -77,7 +94,7 @@ class simple_producer:  # noqa: N801 - the asynchat name
         self.buffer_size = buffer_size
         self._offset = 0
 
-    def more(self):
+    def more(self) -> bytes:
         """The next piece of the data, or ``b""`` at the end."""
         start = self._offset
         data = self.data
@@ -114,16 +131,16 @@ class Chat(Transport):
     # while the FIFO is being drained (no re-entry).
     _busy = False
 
-    def __init__(self, alternate_poller=None, sock=None):
+    def __init__(self, alternate_poller: Poller | None = None, sock: socket.socket | None = None) -> None:
         self._framer = Framer(None, self.max_frame_size)
         #: The producer FIFO, a deque of producers (objects with ``more()``),
         #: bytes pushed by :meth:`push`, and None for :meth:`close_when_done`.
-        self.producer_fifo = collections.deque()
+        self.producer_fifo: Deque[Producer | bytes | None] = collections.deque()
         super().__init__(alternate_poller, sock)
 
     # -- input ---------------------------------------------------------------
 
-    def set_terminator(self, term):
+    def set_terminator(self, term: bytes | int | None) -> None:
         """Set the end of the next frame: ``bytes``, an ``int`` count, or None.
 
         With ``bytes`` :meth:`found_terminator` is called where the
@@ -135,19 +152,19 @@ class Chat(Transport):
         """
         self._framer.set_terminator(term)
 
-    def get_terminator(self):
+    def get_terminator(self) -> bytes | int | None:
         """The current terminator; for a count, the bytes still expected."""
         return self._framer.get_terminator()
 
     terminator = property(get_terminator, set_terminator)
 
     @property
-    def framer(self):
+    def framer(self) -> Framer:
         """The :class:`~pike.framing.Framer` that frames this connection's input."""
         return self._framer
 
     @property
-    def ac_in_buffer(self):
+    def ac_in_buffer(self) -> bytes:
         """Received input not yet handed to the callbacks (bytes).
 
         Normally empty, or a few bytes that may start the terminator.
@@ -156,19 +173,19 @@ class Chat(Transport):
         return self._framer.pending()
 
     @ac_in_buffer.setter
-    def ac_in_buffer(self, data):
+    def ac_in_buffer(self, data: bytes) -> None:
         framer = self._framer
         framer.reset()
         framer.feed(data)
 
-    def collect_incoming_data(self, data):
+    def collect_incoming_data(self, data: bytes) -> None:
         """Called with each piece of frame content (non-empty bytes).
 
         Must be overridden; the default raises NotImplementedError.
         """
         raise NotImplementedError("must be implemented in subclass")
 
-    def found_terminator(self):
+    def found_terminator(self) -> None:
         """Called when the terminator was reached. Must be overridden.
 
         The content before the terminator went to
@@ -177,7 +194,7 @@ class Chat(Transport):
         """
         raise NotImplementedError("must be implemented in subclass")
 
-    def handle_read(self):
+    def handle_read(self) -> None:
         """Receive up to :attr:`ac_in_buffer_size` bytes and frame them."""
         data = self.recv(self.ac_in_buffer_size)
         if not data or self.closed:
@@ -194,7 +211,7 @@ class Chat(Transport):
             if self.producer_fifo and not self.closed:
                 self.initiate_send()
 
-    def _deliver(self):
+    def _deliver(self) -> None:
         next_event = self._framer.next_event
         while not self.closed:
             try:
@@ -209,9 +226,9 @@ class Chat(Transport):
             if event is END:
                 self.found_terminator()
             else:
-                self.collect_incoming_data(event)
+                self.collect_incoming_data(event)  # type: ignore[arg-type] # (not END: bytes)
 
-    def handle_frame_too_large(self, exc):
+    def handle_frame_too_large(self, exc: FrameTooLarge) -> None:
         """A frame went over :attr:`max_frame_size` (``exc`` is a FrameTooLarge).
 
         Reading has been paused and the buffered input dropped. The default
@@ -224,7 +241,7 @@ class Chat(Transport):
         if not self.closed:
             self.close()
 
-    def handle_read_eof(self):
+    def handle_read_eof(self) -> None:
         # The peer sent EOF: what was held back as a possible start of the
         # terminator is content after all. (Transport.recv calls this before
         # handle_close / handle_eof.)
@@ -235,7 +252,7 @@ class Chat(Transport):
 
     # -- output --------------------------------------------------------------
 
-    def push(self, data):
+    def push(self, data: BytesLike) -> None:
         """Queue ``data`` (bytes, bytearray or memoryview) for sending.
 
         A ``str`` (or any other type) raises TypeError. The data leaves
@@ -258,7 +275,7 @@ class Chat(Transport):
         if not self._busy:
             self.initiate_send()
 
-    def push_with_producer(self, producer):
+    def push_with_producer(self, producer: Producer | BytesLike) -> None:
         """Queue ``producer``: an object whose ``more()`` returns the next bytes,
         and ``b""`` when it has no more.
 
@@ -273,7 +290,7 @@ class Chat(Transport):
         if not self._busy:
             self.initiate_send()
 
-    def close_when_done(self):
+    def close_when_done(self) -> None:
         """Close once everything in the producer FIFO and the write buffer
         has been sent.
 
@@ -285,7 +302,7 @@ class Chat(Transport):
         if not self._busy:
             self.initiate_send()
 
-    def discard_buffers(self):
+    def discard_buffers(self) -> None:
         """Drop buffered input, the producer FIFO and unsent output.
 
         For emergencies: output that was partly sent is cut off.
@@ -294,7 +311,7 @@ class Chat(Transport):
         self.producer_fifo.clear()
         self.discard_write_buffer()
 
-    def initiate_send(self):
+    def initiate_send(self) -> None:
         """Move data from the producer FIFO to the write buffer.
 
         Called by :meth:`push` and friends, and again whenever the socket
@@ -324,7 +341,7 @@ class Chat(Transport):
                         batch.append(first)
                         size += len(first)
                         continue
-                    data = first.more()
+                    data = first.more()  # type: ignore[union-attr] # (not bytes: above)
                     if not data:
                         if fifo and fifo[0] is first:
                             fifo.popleft()
@@ -356,21 +373,21 @@ class Chat(Transport):
         finally:
             self._busy = False
 
-    def handle_write(self):
+    def handle_write(self) -> None:
         """The socket took data: refill the write buffer from the producers."""
         self.initiate_send()
 
-    def handle_resume_writing(self):
+    def handle_resume_writing(self) -> None:
         """The write buffer drained to the low water mark: produce again."""
         self.initiate_send()
 
-    def handle_connect_event(self):
+    def handle_connect_event(self) -> None:
         """Decide a pending connect; once connected, start sending the FIFO."""
         super().handle_connect_event()
         if self.connected and self.producer_fifo:
             self.initiate_send()
 
-    def close(self):
+    def close(self) -> None:
         """Close the connection, and drop the producer FIFO and buffered input."""
         super().close()
         self.producer_fifo.clear()
