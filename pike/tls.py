@@ -613,6 +613,42 @@ class _Lingerer:
         return f"<TLS close of fd={self._fileno}>"
 
 
+def server_context(certfile, keyfile=None, cafile=None):
+    """A server-side ``ssl.SSLContext`` with the certificate chain in
+    ``certfile`` (and its key in ``keyfile`` when separate). With ``cafile``
+    the clients must present a certificate that it signed.
+
+    Raises OSError or ``ssl.SSLError`` when the files cannot be used.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(certfile, keyfile)
+    if cafile is not None:
+        context.load_verify_locations(cafile)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def client_context(cafile=None):
+    """A client-side ``ssl.SSLContext`` that verifies the server: against
+    ``cafile`` when given, else against the system's trusted CAs."""
+    return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=cafile)
+
+
+def with_tls(factory, context, handshake_timeout=None):
+    """Wrap a connection factory (as :class:`pike.server.Listener` takes
+    one) so that every connection it makes starts TLS as the server."""
+    if not isinstance(context, ssl.SSLContext):
+        raise TypeError(f"ssl_context must be an ssl.SSLContext, not {context!r}")
+
+    def make(*args, **kwargs):
+        connection = factory(*args, **kwargs)
+        if connection is not None and not connection.closed:
+            connection.start_tls(context, server_side=True, handshake_timeout=handshake_timeout)
+        return connection
+
+    return make
+
+
 def _record_sni(context):
     """Make ``context`` note the SNI name each server connection received.
 
@@ -633,4 +669,7 @@ __all__ = [
     "DEFAULT_HANDSHAKE_TIMEOUT",
     "TLSHandshakeTimeout",
     "TLSLayer",
+    "client_context",
+    "server_context",
+    "with_tls",
 ]
