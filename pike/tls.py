@@ -52,8 +52,13 @@ DEFAULT_HANDSHAKE_TIMEOUT = 60.0
 #: Seconds ``close()`` keeps trying to send queued records and close_notify.
 DEFAULT_CLOSE_TIMEOUT = 5.0
 
-# Ciphertext taken from the socket per raw read: several full records.
-_RAW_READ = 256 * 1024
+# Ciphertext taken from the socket per raw read: four full records. (Not
+# more: a larger bytes object is mmap-allocated, two system calls a read.)
+_RAW_READ = 64 * 1024
+# The most plaintext one recv() returns: one full TLS record. (SSL_read
+# gives one record at a time anyway, and asking for more makes the ssl
+# module allocate, and for 128 KiB and up mmap, a buffer it then shrinks.)
+_PLAIN_READ = 16 * 1024
 # handle_read calls per read event while decrypted data is left: enough to
 # drain one raw read, few enough that one connection cannot starve others.
 _READS_PER_EVENT = 32
@@ -183,6 +188,15 @@ class TLSLayer:
             self.begin()
 
     def read_event(self):
+        if self.handshake_done:
+            # The steady state first, with _deliver's first round inline.
+            t = self.transport
+            self._starved = False
+            t.handle_read()
+            if self._starved or t.closed or not t._reading or t.eof_received:
+                return
+            self._deliver()
+            return
         t = self.transport
         if t.connecting:
             t.handle_connect_event()
@@ -191,18 +205,15 @@ class TLSLayer:
         elif t.accepting:
             t.handle_accept()
             return
-        if not self.handshake_done:
-            if not self._began:
-                return
-            self._pull()
-            if t.closed:
-                return
-            self._handshake_step()
-            if not self.handshake_done or t.closed:
-                return
-            if not self._buffered():
-                return
-        self._deliver()
+        if not self._began:
+            return
+        # The handshake is under way.
+        self._pull()
+        if t.closed:
+            return
+        self._handshake_step()
+        if self.handshake_done and not t.closed and self._buffered():
+            self._deliver()  # application data came with the last flight
 
     def _deliver(self):
         """Call handle_read while decrypted data is left, a bounded number."""
@@ -252,10 +263,15 @@ class TLSLayer:
         if t.closed:
             return
         pending, self._pending, self._pending_size = self._pending, [], 0
-        for data in pending:
-            self._encrypt(data)
-            if t.closed:
-                return
+        try:
+            for data in pending:
+                self._ssl.write(data)
+        except ssl.SSLError as exc:
+            self._fail(exc)
+            return
+        self._send_out()
+        if t.closed:
+            return
         end, self._pending_end = self._pending_end, None
         if end == "eof":
             t.write_eof()
@@ -309,17 +325,22 @@ class TLSLayer:
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
-            if t.closed:
-                raise t._not_open() from None
-            if exc.errno in CONNECTION_LOST_ERRNOS:
-                t.handle_close()
-                return False
-            raise
+            self._raw_read_failed(exc)
+            return False
         if data:
             self._in.write(data)
         else:
             self._in.write_eof()
         return True
+
+    def _raw_read_failed(self, exc):
+        t = self.transport
+        if t.closed:
+            raise t._not_open() from None
+        if exc.errno in CONNECTION_LOST_ERRNOS:
+            t.handle_close()
+            return
+        raise exc
 
     def _send_out(self):
         """Queue the records the SSL object produced (handshake, alerts...)."""
@@ -330,15 +351,6 @@ class TLSLayer:
             if t.closed or t._write_state:
                 return  # after close_notify nothing more may be sent
             Transport.write(t, data)
-
-    def _encrypt(self, data):
-        t = self.transport
-        try:
-            self._ssl.write(data)
-        except ssl.SSLError as exc:
-            self._fail(exc)
-            return
-        Transport.write(t, self._out.read())
 
     # -- the plaintext API (bound onto the transport) ---------------------
 
@@ -355,9 +367,22 @@ class TLSLayer:
             return b""
         sslobj = self._ssl
         if not self._in.pending and not sslobj.pending():
-            if not self._pull():
+            # (_pull, inline: this is the path of every request.)
+            try:
+                raw = t.socket.recv(_RAW_READ)
+            except (BlockingIOError, InterruptedError):
                 self._starved = True
                 return b""
+            except OSError as exc:
+                self._starved = True
+                self._raw_read_failed(exc)
+                return b""
+            if raw:
+                self._in.write(raw)
+            else:
+                self._in.write_eof()
+        if bufsize > _PLAIN_READ:
+            bufsize = _PLAIN_READ
         while True:
             try:
                 data = sslobj.read(bufsize)
@@ -411,7 +436,12 @@ class TLSLayer:
             self._pending_size += len(data)
             t._check_water_marks()
             return
-        self._encrypt(data)
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            self._fail(exc)
+            return
+        Transport.write(t, self._out.read())
 
     def writelines(self, buffers):
         """Write each buffer of ``buffers`` in order, as one TLS write."""
