@@ -501,6 +501,16 @@ class TLSLayer:
             return
         self._send_out()
 
+    def discard(self):
+        """``discard_write_buffer`` under TLS: drop the plaintext waiting
+        for the handshake; return True when records are about to be
+        dropped too, which the session cannot survive (the peer would miss
+        records it must decrypt in sequence)."""
+        self._pending = []
+        self._pending_size = 0
+        queue = self.transport._queue
+        return bool(queue) and self.handshake_done
+
     def abandon(self):
         """Make the next close() an abort: no close_notify, nothing waits."""
         self._abandoned = True
@@ -582,13 +592,15 @@ class _Lingerer:
         self._timer = None
         try:
             poller.add_channel(self)
-        except (OSError, ValueError):
+            self._timer = poller.call_later(timeout, self.close)
+        except (OSError, ValueError, RuntimeError):
+            # (RuntimeError: the poller is closed, or a forked child's.)
+            self.poller.del_channel(self)
             self._fileno = -1
             self.closed = True
             sock.close()
             return
         poller.defer_write(self)
-        self._timer = poller.call_later(timeout, self.close)
 
     def handle_read_event(self):
         try:

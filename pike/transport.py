@@ -265,6 +265,8 @@ class Transport:
             raise RuntimeError(f"{self!r} already runs TLS")
         if self.closed or self.accepting:
             raise RuntimeError(f"start_tls on a {'closed' if self.closed else 'listening'} transport")
+        if self.socket is not None and self.socket.type != socket.SOCK_STREAM:
+            raise ValueError("start_tls needs a stream socket")
         layer = TLSLayer(self, context, server_side, server_hostname,
                          handshake_timeout, close_timeout)
         self.tls = layer
@@ -622,7 +624,14 @@ class Transport:
         return True
 
     def discard_write_buffer(self):
-        """Drop queued, unsent data (a partly sent buffer is cut off)."""
+        """Drop queued, unsent data (a partly sent buffer is cut off).
+
+        Under TLS, dropping encrypted records ends the session: the
+        transport aborts (the peer could not decrypt what follows).
+        """
+        if self.tls is not None and self.tls.discard():
+            self.abort()
+            return
         queue = self._queue
         if queue:
             queue.clear()

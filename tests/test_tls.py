@@ -130,6 +130,11 @@ def test_start_tls_twice_or_on_a_listener_is_refused(poller, certs):
         client.start_tls(certs.client_context())
     with pytest.raises(TypeError):
         Peer().start_tls(object())
+    udp = Peer()
+    udp.create_socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with pytest.raises(ValueError):
+        udp.start_tls(certs.client_context())
+    udp.close()
     client.close()
 
 
@@ -307,8 +312,10 @@ def test_wrong_host_name(poller, certs):
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_renegotiation_attempt(poller, certs, tmp_path):
-    """A TLS 1.2 client asks to renegotiate ('R' in s_client): the server
-    either refuses or goes along; it never corrupts data nor blocks."""
+    """A TLS 1.2 client asks to renegotiate ('R' in s_client). The ssl
+    module's contexts refuse (OP_NO_RENEGOTIATION), which ends the session
+    cleanly; were it allowed, it would go on. Either way no data is lost or
+    garbled and the loop goes on."""
     ctx = certs.server_context()
     ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     server = TLSListener(ctx)
@@ -445,3 +452,62 @@ def test_c_and_python_behave_the_same(poller_name, certs):
     assert results["python"] == results["c"]
     events = results["c"][0]
     assert "handshake" in events and events[-2:] == ["read_eof", "close"]
+
+
+# -- flow control and buffers -----------------------------------------------
+
+
+def test_paused_reading_keeps_decrypted_data_until_resumed(poller, certs):
+    """Plaintext already decrypted when reading pauses is delivered after
+    resume_reading, though the socket itself has nothing more to say."""
+
+    class Slow(Peer):
+        def handle_read(self):
+            data = self.recv(1000)
+            if data:
+                self.received += data
+                self.pause_reading()
+                self.poller.call_later(0.001, self.resume_reading)
+
+    server = TLSListener(certs.server_context(), peer_class=Slow)
+    client = tls_client(certs.client_context(), server.address)
+    payload = os.urandom(60_000)  # several records, read 1000 bytes at a time
+    client.write(payload)
+    run_until(poller, lambda: server.peers and len(server.peers[0].received) >= len(payload),
+              what="every byte")
+    assert bytes(server.peers[0].received) == payload
+    client.close()
+
+
+def test_discard_write_buffer(poller, certs):
+    server = TLSListener(certs.server_context())
+    client = tls_client(certs.client_context(), server.address)
+    client.write(b"never sent")
+    client.discard_write_buffer()  # before the handshake: just dropped
+    assert client.get_write_buffer_size() == 0
+    client.write(b"sent")
+    run_until(poller, lambda: client.received == b"sent", what="the echo")
+    assert server.peers[0].received == b"sent"
+    client.set_write_buffer_limits(high=1024)
+    client.write(os.urandom(8 * 1024 * 1024))  # more than the kernel takes at once
+    assert client.get_write_buffer_size() > 0
+    client.discard_write_buffer()  # records dropped: the session cannot go on
+    assert client.closed
+    run_until(poller, lambda: server.peers[0].closed, what="the server's end")
+
+
+def test_close_on_a_closed_poller_leaks_nothing(poller_name, implementation, certs):
+    from tls_support import open_fds
+
+    before = open_fds()
+    p = pike.make_poller(poller_name)
+    a, b = socket.socketpair()
+    client, server = Peer(p, sock=a), Peer(p, sock=b)
+    server.start_tls(certs.server_context(), server_side=True)
+    client.start_tls(certs.client_context(), server_hostname="localhost")
+    run_until(p, lambda: "handshake" in client.events, what="the handshake")
+    client.write(os.urandom(1_000_000))
+    p.close()
+    client.close()  # would linger, but the poller is gone: closed at once
+    server.close()
+    assert open_fds() - before == set()

@@ -5,6 +5,7 @@ network beyond loopback and Unix socket pairs.
 """
 
 import hashlib
+import os
 import socket
 import ssl
 import time
@@ -45,6 +46,14 @@ def run_until(poller, condition, timeout=10.0, what="the condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         poller.poll(0.02)
+
+
+def open_fds():
+    """The fds open in this process (Linux and macOS)."""
+    for path in ("/proc/self/fd", "/dev/fd"):
+        if os.path.isdir(path):
+            return {int(name) for name in os.listdir(path)}
+    return set()
 
 
 def close_everything(poller):
