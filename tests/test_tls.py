@@ -523,3 +523,18 @@ def test_close_on_a_closed_poller_leaks_nothing(poller_name, implementation, cer
     client.close()  # would linger, but the poller is gone: closed at once
     server.close()
     assert open_fds() - before == set()
+
+
+def test_close_waits_a_bounded_time_for_a_silent_peer(poller, certs):
+    """close() lingers for the peer's answer at most close_timeout."""
+    server = TLSListener(certs.server_context())
+    client = tls_client(certs.client_context(), server.address, close_timeout=0.2)
+    run_until(poller, lambda: server.peers and "handshake" in server.peers[0].events
+              and "handshake" in client.events, what="the handshakes")
+    peer = server.peers[0]
+    peer.pause_reading()  # hears nothing, answers nothing
+    client.close()
+    lingering = [c for c in poller.channels() if c not in (server, peer)]
+    assert len(lingering) == 1 and not lingering[0].closed
+    run_until(poller, lambda: lingering[0].closed, what="the deadline")
+    assert set(poller.channels()) == {server, peer}
