@@ -272,6 +272,11 @@ class TLSLayer:
         self._send_out()
         if t.closed:
             return
+        if pending:
+            # One write notification, as after a connect: a layer that
+            # waited for the buffer to drain (Chat's close_when_done) is
+            # told even when the kernel took everything at once.
+            t.poller.defer_write(t)
         end, self._pending_end = self._pending_end, None
         if end == "eof":
             t.write_eof()

@@ -241,3 +241,25 @@ def test_plaintext_client_of_a_tls_listener_is_closed(poller, certs, caplog):
     good.close()
     listener.close()
     assert isinstance(ssl.SSLError("x"), OSError)  # (what the CLI relies on)
+
+
+@pytest.mark.parametrize("version", ["TLSv1_2", "TLSv1_3"])
+def test_chat_close_when_done_before_the_handshake(poller, certs, version):
+    """Pushed and close_when_done() before TLS is up: all of it arrives,
+    then the close. (The server answers nothing, and with TLS 1.2 no
+    record at all follows the handshake to wake the client: the layer's
+    write notification must.)"""
+    listener = Listener(Peer, ("127.0.0.1", 0), poller=poller,
+                        ssl_context=certs.server_context())
+    context = certs.client_context()
+    context.maximum_version = getattr(ssl.TLSVersion, version)
+    client = LineClient()
+    client.create_socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.start_tls(context, server_hostname="localhost")
+    client.connect(listener.address)
+    client.push(b"only line\n")
+    client.close_when_done()
+    run_until(poller, lambda: client.closed, what="the client's close")
+    run_until(poller, lambda: listener.accepted_total == 1 and not listener.connections,
+              what="the server's close")
+    listener.close()
