@@ -25,6 +25,8 @@ error records) live on the class as defaults, so an idle connection's
 instance dict stays small.
 """
 
+from __future__ import annotations
+
 import errno
 import logging
 import os
@@ -37,6 +39,18 @@ from .errors import (
 )
 from .poller import get_poller
 from .write_queue import WriteQueue
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only: no typing cost at import
+    import ssl
+    from typing import Any, Iterable, TypeVar, Union
+
+    from .poller import Poller
+    from .tls import TLSLayer
+
+    Buffer = Union[bytes, bytearray, memoryview]
+    _T = TypeVar("_T", bound="Transport")
 
 logger = logging.getLogger("pike")
 
@@ -106,21 +120,21 @@ class Transport:
     _high_water = DEFAULT_HIGH_WATER
     _low_water = DEFAULT_HIGH_WATER // 4
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._plain_read_event = cls.handle_read_event is Transport.handle_read_event
 
-    def __init__(self, alternate_poller=None, sock=None):
+    def __init__(self, alternate_poller: Poller | None = None, sock: socket.socket | None = None) -> None:
         self.poller = alternate_poller if alternate_poller is not None else get_poller()
         # The attributes every event reads live on the instance: CPython
         # 3.11 cannot specialise an instance lookup that falls through to
         # the class, and these are read several times per event.
-        self.socket = None
+        self.socket: Any = None  # the socket.socket, once set
         self._fileno = -1
         self.connected = self.connecting = self.accepting = self.closed = False
         self._reading = True
         self._write_armed = False
-        self._queue = None  # WriteQueue, made on first use
+        self._queue: WriteQueue | None = None  # made on first use
         self._write_state = WRITE_OPEN  # one of the WRITE_* states above
         self._plain_read_event = type(self)._plain_read_event  # (a copy: as above)
         if sock is not None:
@@ -128,7 +142,7 @@ class Transport:
 
     # -- socket set-up ----------------------------------------------------
 
-    def create_socket(self, family=_AF_INET, type=_SOCK_STREAM):
+    def create_socket(self, family: int = _AF_INET, type: int = _SOCK_STREAM) -> socket.socket:
         """Create a non-blocking socket and register it with the poller."""
         sock = socket.socket(family, type)
         try:
@@ -138,7 +152,7 @@ class Transport:
             raise
         return sock
 
-    def set_socket(self, sock):
+    def set_socket(self, sock: socket.socket) -> None:
         """Mirror ``sock`` on this transport and register it with the poller.
 
         The socket is made non-blocking. A connected stream socket makes the
@@ -165,7 +179,7 @@ class Transport:
             self.addr = None
             raise
 
-    def _note_existing_state(self, sock):
+    def _note_existing_state(self, sock: socket.socket) -> None:
         try:
             if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
                 self.accepting = True
@@ -179,7 +193,7 @@ class Transport:
         self.connected = True
 
     @property
-    def addr(self):
+    def addr(self) -> Any:
         """The peer's address once connected (the bound one for a listener)."""
         addr = self._addr
         if addr is None and self.connected and self.socket is not None:
@@ -190,14 +204,14 @@ class Transport:
         return addr
 
     @addr.setter
-    def addr(self, value):
+    def addr(self, value: Any) -> None:
         self._addr = value
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The socket's fd (-1 when there is none)."""
         return self._fileno
 
-    def set_reuse_addr(self):
+    def set_reuse_addr(self) -> None:
         """Set ``SO_REUSEADDR`` so a server can rebind a port in TIME_WAIT."""
         self.socket.setsockopt(
             socket.SOL_SOCKET,
@@ -205,15 +219,15 @@ class Transport:
             self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) | 1,
         )
 
-    def bind(self, address):
+    def bind(self, address: Any) -> None:
         self.addr = address
         self._require_socket().bind(address)
 
-    def listen(self, backlog=_SOMAXCONN):
+    def listen(self, backlog: int = _SOMAXCONN) -> None:
         self._require_socket().listen(backlog)
         self.accepting = True
 
-    def accept(self):
+    def accept(self) -> tuple[socket.socket, Any] | None:
         """Accept one pending connection: ``(sock, address)``, or None."""
         try:
             return self._require_socket().accept()
@@ -225,7 +239,7 @@ class Transport:
                 return None
             raise
 
-    def connect(self, address):
+    def connect(self, address: Any) -> None:
         """Begin connecting to ``address``; :meth:`handle_connect` follows.
 
         Completion (or failure) is always reported from the loop, even when
@@ -245,8 +259,14 @@ class Transport:
         self.close()
         raise self.connect_error
 
-    def start_tls(self, context, server_side=False, server_hostname=None,
-                  handshake_timeout=None, close_timeout=None):
+    def start_tls(
+        self,
+        context: ssl.SSLContext,
+        server_side: bool = False,
+        server_hostname: str | None = None,
+        handshake_timeout: float | None = None,
+        close_timeout: float | None = None,
+    ) -> TLSLayer:
         """Encrypt this connection with TLS from now on; return the layer.
 
         ``context`` is an ``ssl.SSLContext``. Call it on a connected
@@ -277,7 +297,7 @@ class Transport:
 
     # -- events from the poller -------------------------------------------
 
-    def handle_read_event(self):
+    def handle_read_event(self) -> None:
         """Called by the poller when the socket is readable."""
         if self.connecting:
             self.handle_connect_event()
@@ -288,7 +308,7 @@ class Transport:
             return
         self.handle_read()
 
-    def handle_write_event(self):
+    def handle_write_event(self) -> None:
         """Called by the poller once per armed write notification."""
         if self.connecting:
             self.handle_connect_event()
@@ -305,7 +325,7 @@ class Transport:
             # queue from its producers there.)
             self._report_eof_close()
 
-    def handle_connect_event(self):
+    def handle_connect_event(self) -> None:
         """Decide a pending connect from ``SO_ERROR``, report it, once."""
         if not self.connecting:
             return
@@ -331,7 +351,7 @@ class Transport:
         if (self._queue or self._write_state) and not self.closed:
             self._flush_queue()  # what was written while connecting
 
-    def _connect_failed(self, exc):
+    def _connect_failed(self, exc: OSError) -> None:
         self.connecting = False
         self.connect_error = exc
         try:
@@ -341,27 +361,29 @@ class Transport:
 
     # -- callbacks for subclasses -----------------------------------------
 
-    def handle_connect(self):
+    def handle_connect(self) -> None:
         """The connection is established."""
 
-    def handle_connect_failed(self, exc):
+    def handle_connect_failed(self, exc: OSError) -> None:
         """The connection could not be made; the transport closes after this.
 
         The default hands ``exc`` to :meth:`handle_error`.
         """
+        # handle_error() reads the exception from sys.exc_info(), as in
+        # asyncore: raise it so that it is the one being handled there.
         try:
             raise exc
         except OSError:
             self.handle_error()
 
-    def handle_read(self):
+    def handle_read(self) -> None:
         """The socket has data (or EOF) to read: call :meth:`recv`."""
         self.recv(65536)  # by default: discard, and notice EOF
 
-    def handle_write(self):
+    def handle_write(self) -> None:
         """A write notification fired: the socket may take more data now."""
 
-    def handle_accept(self):
+    def handle_accept(self) -> None:
         """A listening transport has connections waiting.
 
         The default accepts them (a bounded number per event) and passes each
@@ -382,7 +404,7 @@ class Transport:
                 return
             self.handle_accepted(*pair)
 
-    def _pause_accepting(self, exc):
+    def _pause_accepting(self, exc: OSError) -> None:
         logger.warning(
             "pike: %r cannot accept (%s); retrying in %gs", self, exc, self.accept_retry_delay
         )
@@ -391,42 +413,42 @@ class Transport:
             self.accept_retry_delay, self._resume_accepting
         )
 
-    def _resume_accepting(self):
+    def _resume_accepting(self) -> None:
         self._accept_retry = None
         if not self.closed:
             self.resume_reading()
 
-    def handle_accepted(self, sock, addr):
+    def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
         """Take ownership of an accepted connection. The default closes it."""
         logger.warning("pike: %r dropped a connection from %r", self, addr)
         sock.close()
 
-    def handle_eof(self):
+    def handle_eof(self) -> None:
         """With ``half_close``: the peer will send no more; we may still write.
 
         The default shuts our side down once queued data is sent.
         """
         self.write_eof()
 
-    def handle_tls_handshake(self):
+    def handle_tls_handshake(self) -> None:
         """The TLS handshake finished: ``self.tls`` tells what was agreed."""
 
-    def handle_tls_failed(self, exc):
+    def handle_tls_failed(self, exc: BaseException) -> None:
         """TLS failed (handshake, verification, timeout, bad records); the
         transport aborts after this. The default logs the reason once.
         """
         logger.warning("pike: TLS failed on %r: %s", self, exc)
 
-    def handle_read_eof(self):
+    def handle_read_eof(self) -> None:
         """:meth:`recv` saw the peer's EOF; runs before :meth:`handle_close`
         (or :meth:`handle_eof`). A framing layer delivers what it held back.
         """
 
-    def handle_close(self):
+    def handle_close(self) -> None:
         """The connection is gone (EOF, reset...). The default closes."""
         self.close()
 
-    def handle_error(self):
+    def handle_error(self) -> None:
         """An unexpected exception escaped a callback (``sys.exc_info()``).
 
         The default logs it and closes the transport.
@@ -434,15 +456,15 @@ class Transport:
         logger.error("pike: unhandled error in %r", self, exc_info=True)
         self.close()
 
-    def handle_pause_writing(self):
+    def handle_pause_writing(self) -> None:
         """The write buffer rose above the high water mark: stop producing."""
 
-    def handle_resume_writing(self):
+    def handle_resume_writing(self) -> None:
         """The write buffer fell to the low water mark: produce again."""
 
     # -- raw I/O ----------------------------------------------------------
 
-    def recv(self, bufsize):
+    def recv(self, bufsize: int) -> bytes:
         """Receive up to ``bufsize`` bytes; b'' when it would block.
 
         The peer's EOF also returns b'', after :meth:`handle_read_eof` and
@@ -468,7 +490,7 @@ class Transport:
             self._peer_eof()  # (an empty datagram is data, not an EOF)
         return data
 
-    def send(self, data):
+    def send(self, data: Buffer) -> int:
         """Send what the kernel takes now; return the byte count.
 
         Returns 0 when the socket would block, and then a write notification
@@ -492,7 +514,7 @@ class Transport:
         except AttributeError:
             raise self._not_open() from None
 
-    def sendto(self, data, address):
+    def sendto(self, data: Buffer, address: Any) -> int:
         """Send one datagram; 0 when it would block (a notification is armed)."""
         try:
             return self._require_socket().sendto(data, address)
@@ -500,7 +522,7 @@ class Transport:
             self.poller.defer_write(self)
             return 0
 
-    def recvfrom(self, bufsize):
+    def recvfrom(self, bufsize: int) -> tuple[bytes, Any]:
         """Receive one datagram: ``(data, address)``, or ``(b'', None)``.
 
         ``(b'', None)`` means nothing was waiting (or an ICMP error from an
@@ -511,7 +533,7 @@ class Transport:
         except (BlockingIOError, InterruptedError, ConnectionRefusedError):
             return b"", None
 
-    def _peer_eof(self):
+    def _peer_eof(self) -> None:
         if self.eof_received:
             return  # reported once; a second recv() after EOF changes nothing
         self.eof_received = True
@@ -537,13 +559,13 @@ class Transport:
             return  # close_when_done() already closes once drained
         self.handle_close()
 
-    def _report_eof_close(self):
+    def _report_eof_close(self) -> None:
         self._close_after_drain = False
         self.handle_close()
 
     # -- buffered writes --------------------------------------------------
 
-    def write(self, data):
+    def write(self, data: Buffer) -> None:
         """Send ``data`` in order after anything already queued; never blocks.
 
         What the kernel does not take at once is queued and flushed from
@@ -572,20 +594,22 @@ class Transport:
         if sent != len(data):
             self._enqueue(data, sent)
 
-    def _enqueue(self, data, offset=0):
+    def _enqueue(self, data: Buffer, offset: int = 0) -> None:
         """Queue ``data[offset:]`` behind what is queued; arm the flush."""
-        queue = self._queue
-        if queue is None:
-            queue = self._queue = WriteQueue()
-        queue.append(data, offset)
+        self._write_queue().append(data, offset)
         self._queued_more()
 
-    def writelines(self, buffers):
-        """Write each buffer of ``buffers`` in order, in as few sends as may be."""
-        self._check_writable()
+    def _write_queue(self) -> WriteQueue:
+        """The write queue, made on first use (most connections never queue)."""
         queue = self._queue
         if queue is None:
             queue = self._queue = WriteQueue()
+        return queue
+
+    def writelines(self, buffers: Iterable[Buffer]) -> None:
+        """Write each buffer of ``buffers`` in order, in as few sends as may be."""
+        self._check_writable()
+        queue = self._write_queue()
         was_empty = not queue
         for data in buffers:
             queue.append(data)
@@ -596,7 +620,7 @@ class Transport:
         else:
             self._queued_more()
 
-    def write_eof(self):
+    def write_eof(self) -> None:
         """Shut down our sending side once queued data has been sent."""
         if self.closed or self._write_state:
             return
@@ -608,7 +632,7 @@ class Transport:
             return
         self._shutdown_write()
 
-    def close_when_done(self):
+    def close_when_done(self) -> None:
         """Close once queued data has been sent (at once if none is)."""
         if self.closed:
             return
@@ -620,10 +644,10 @@ class Transport:
         else:
             self.close()
 
-    def can_write_eof(self):
+    def can_write_eof(self) -> bool:
         return True
 
-    def discard_write_buffer(self):
+    def discard_write_buffer(self) -> None:
         """Drop queued, unsent data (a partly sent buffer is cut off).
 
         Under TLS, dropping encrypted records ends the session: the
@@ -639,15 +663,15 @@ class Transport:
             if self._close_after_drain:
                 self.poller.defer_write(self)  # handle_close is due now
 
-    def get_write_buffer_size(self):
+    def get_write_buffer_size(self) -> int:
         """Bytes queued and not yet taken by the kernel."""
         queue = self._queue
         return queue.size if queue is not None else 0
 
-    def get_write_buffer_limits(self):
+    def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._low_water, self._high_water
 
-    def set_write_buffer_limits(self, high=None, low=None):
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         """Set the water marks; ``handle_pause_writing`` fires above ``high``.
 
         Defaults as in asyncio: ``high`` 64 KiB, ``low`` a quarter of ``high``.
@@ -661,23 +685,24 @@ class Transport:
         self._high_water, self._low_water = high, low
         self._check_water_marks()
 
-    def is_writing_paused(self):
+    def is_writing_paused(self) -> bool:
         return self._writing_paused
 
-    def _check_writable(self):
+    def _check_writable(self) -> None:
         if self._write_state:
             raise RuntimeError("write after write_eof() or close_when_done()")
         if self.closed or self.socket is None:
             raise BrokenPipeError(errno.EPIPE, "the transport is not open")
 
-    def _queued_more(self):
+    def _queued_more(self) -> None:
         if not self.connecting:
             self.poller.defer_write(self)
-        if not self._writing_paused and self._queue.size > self._high_water:
+        # (Only called with a queue: _enqueue and writelines made it.)
+        if not self._writing_paused and self._queue.size > self._high_water:  # type: ignore[union-attr]
             self._writing_paused = True
             self.handle_pause_writing()
 
-    def _check_water_marks(self):
+    def _check_water_marks(self) -> None:
         if self.closed:
             return  # no callback after close
         size = self.get_write_buffer_size()
@@ -689,10 +714,8 @@ class Transport:
             self._writing_paused = True
             self.handle_pause_writing()
 
-    def _flush_queue(self):
-        queue = self._queue
-        if queue is None:
-            queue = self._queue = WriteQueue()
+    def _flush_queue(self) -> None:
+        queue = self._write_queue()
         try:
             queue.send_to(self.socket)
         except OSError as exc:
@@ -711,7 +734,7 @@ class Transport:
             return
         self._check_water_marks()
 
-    def _shutdown_write(self):
+    def _shutdown_write(self) -> None:
         self._write_state = WRITE_SHUT
         try:
             self.socket.shutdown(socket.SHUT_WR)
@@ -728,23 +751,23 @@ class Transport:
 
     # -- reading control --------------------------------------------------
 
-    def pause_reading(self):
+    def pause_reading(self) -> None:
         """Stop read events until :meth:`resume_reading` (flow control)."""
         if self._reading:
             self._reading = False
             self.poller.update_interest(self)
 
-    def resume_reading(self):
+    def resume_reading(self) -> None:
         if not self._reading and not self.eof_received:
             self._reading = True
             self.poller.update_interest(self)
 
-    def is_reading(self):
+    def is_reading(self) -> bool:
         return self._reading and not self.closed
 
     # -- closing ----------------------------------------------------------
 
-    def close(self):
+    def close(self) -> None:
         """Unregister from the poller, then close the socket. Idempotent.
 
         Data still queued is discarded: use :meth:`close_when_done` to send
@@ -783,32 +806,32 @@ class Transport:
         if linger is not None:
             linger()
 
-    def abort(self):
+    def abort(self) -> None:
         """Close at once: queued data is dropped, and under TLS no
         close_notify is sent."""
         if self.tls is not None:
             self.tls.abandon()
         self.close()
 
-    def __enter__(self):
+    def __enter__(self: _T) -> _T:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # -- helpers ----------------------------------------------------------
 
-    def _require_socket(self):
+    def _require_socket(self) -> socket.socket:
         if self.socket is None or self.closed:
             raise self._not_open()
         return self.socket
 
-    def _not_open(self):
+    def _not_open(self) -> OSError:
         if self.closed:
             return OSError(errno.EBADF, f"{self!r} is closed")
         return OSError(errno.ENOTCONN, f"{self!r} has no socket: call create_socket()")
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self.closed:
             state = "closed"
         elif self.accepting:

@@ -44,9 +44,23 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # hints only: no typing cost at import
-    from typing import Any, Callable
+    from typing import Any, Callable, Protocol
 
     from .loop import Poller
+
+    class ChannelLike(Protocol):
+        """The contract above, as a type: Channel, Transport and the rest."""
+
+        _fileno: int
+        _reading: bool
+        _write_armed: bool
+        _plain_read_event: bool
+
+        def handle_read_event(self) -> None: ...
+        def handle_write_event(self) -> None: ...
+        def handle_close(self) -> None: ...
+        def handle_error(self) -> None: ...
+        def close(self) -> None: ...
 
 
 logger = logging.getLogger("pike")

@@ -42,7 +42,7 @@ import weakref
 from ..errors import is_connection_lost
 from ..timers import TimerQueue
 from ..waker import Waker
-from .channel import Channel, FdWatch
+from .channel import FdWatch
 
 from typing import TYPE_CHECKING
 
@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # hints only: no typing cost at import
     from typing import Any, Callable, Deque, Iterable, Protocol, Union
 
     from ..timers import TimerHandle
+    from .channel import ChannelLike
 
     class _HasFileno(Protocol):
         def fileno(self) -> int: ...
@@ -86,9 +87,9 @@ class Poller:
     _WRITE_EVENTS = WRITE
 
     def __init__(self) -> None:
-        self._channels: dict[int, Channel] = {}  # fd -> channel
+        self._channels: dict[int, ChannelLike] = {}  # fd -> channel
         self._registered: dict[int, int] = {}  # fd -> mask the kernel has now
-        self._dirty: dict[int, Channel] = {}  # fd -> channel whose wanted mask may have changed
+        self._dirty: dict[int, ChannelLike] = {}  # fd -> channel whose wanted mask may have changed
         self._stale: set[int] = set()  # fds closed during the running batch
         self._dispatching = False
         self._timers = TimerQueue()
@@ -107,7 +108,7 @@ class Poller:
 
     # -- channels ---------------------------------------------------------
 
-    def add_channel(self, channel: Channel) -> None:
+    def add_channel(self, channel: ChannelLike) -> None:
         """Start watching ``channel``'s fd for reading."""
         self._check_usable()
         fd = channel._fileno
@@ -131,7 +132,7 @@ class Poller:
         # was collected before the new socket existed.
         self._dirty[fd] = channel
 
-    def del_channel(self, channel: Channel) -> None:
+    def del_channel(self, channel: ChannelLike) -> None:
         """Stop watching ``channel``; tolerant of fds already closed."""
         fd = channel._fileno
         if self._channels.get(fd) is not channel:
@@ -149,7 +150,7 @@ class Poller:
             except (OSError, ValueError):
                 pass  # already closed behind our back: the kernel forgot it
 
-    def defer_write(self, channel: Channel) -> None:
+    def defer_write(self, channel: ChannelLike) -> None:
         """Arm one write notification: ``handle_write_event`` fires once."""
         if not channel._write_armed:
             channel._write_armed = True
@@ -157,7 +158,7 @@ class Poller:
             if self._channels.get(fd) is channel:
                 self._dirty[fd] = channel
 
-    def cancel_write(self, channel: Channel) -> None:
+    def cancel_write(self, channel: ChannelLike) -> None:
         """Disarm a pending write notification, if any."""
         if channel._write_armed:
             channel._write_armed = False
@@ -165,7 +166,7 @@ class Poller:
             if self._channels.get(fd) is channel:
                 self._dirty[fd] = channel
 
-    def update_interest(self, channel: Channel) -> None:
+    def update_interest(self, channel: ChannelLike) -> None:
         """Note that ``channel._reading`` changed; applied before the next wait."""
         fd = channel._fileno
         if self._channels.get(fd) is channel:
@@ -228,7 +229,7 @@ class Poller:
             if self._watches.get(fd) is watch:
                 del self._watches[fd]
 
-    def channels(self) -> list[Channel]:
+    def channels(self) -> list[ChannelLike]:
         """A snapshot list of the channels being watched."""
         return list(self._channels.values())
 
@@ -419,7 +420,7 @@ class Poller:
             else:
                 del registered[fd]
 
-    def _lost_fd(self, fd: int, channel: Channel) -> None:
+    def _lost_fd(self, fd: int, channel: ChannelLike) -> None:
         """A watched fd turned out to be closed: end its channel cleanly."""
         if self._channels.get(fd) is channel:
             del self._channels[fd]
@@ -482,7 +483,7 @@ class Poller:
                 stale.clear()
         return count
 
-    def _callback_failed(self, channel: Channel) -> None:
+    def _callback_failed(self, channel: ChannelLike) -> None:
         """Route the exception being handled to the channel's callbacks.
 
         Connection-lost errors go to ``handle_close``, everything else to
@@ -555,7 +556,7 @@ def _fd_number(fd: FileDescriptorLike) -> int:
         raise ValueError(f"not an fd or an object with fileno(): {fd!r}") from None
 
 
-def _lost_its_socket(channel: Channel, fd: int) -> bool:
+def _lost_its_socket(channel: ChannelLike, fd: int) -> bool:
     """True when ``channel``'s socket object no longer holds ``fd``.
 
     (A socket closed behind its transport reports fileno() -1.) Channels

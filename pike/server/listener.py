@@ -21,6 +21,8 @@ Facts the code relies on:
   ending a Transport goes through.
 """
 
+from __future__ import annotations
+
 import errno
 import logging
 import os
@@ -30,6 +32,18 @@ import stat
 from pike.errors import ACCEPT_RESOURCE_ERRNOS
 from pike.poller import get_poller
 from pike.transport import Transport
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only: no typing cost at import
+    import ssl
+    from typing import Any, Callable, Tuple, Union
+
+    from pike.poller import Poller
+    from pike.timers import TimerHandle
+
+    #: A TCP address tuple, or a Unix socket path.
+    Address = Union[str, bytes, Tuple[Any, ...]]
 
 __all__ = ["Listener", "RESOURCE_ERRNOS", "UnixPath", "family_of", "listening_socket"]
 
@@ -50,7 +64,7 @@ _SKIP_ERRNOS = frozenset(
 _ACCEPTS_PER_EVENT = 64
 
 
-def family_of(address):
+def family_of(address: Address) -> int:
     """The socket family an address is written in.
 
     A ``str``/``bytes`` path is ``AF_UNIX``; a tuple whose host contains a
@@ -110,7 +124,13 @@ def _clear_stale_socket(path):
     raise OSError(errno.EADDRINUSE, "a server is listening there", path)
 
 
-def listening_socket(address, family=None, backlog=128, reuse_port=False, listen=True):
+def listening_socket(
+    address: Address,
+    family: int | None = None,
+    backlog: int = 128,
+    reuse_port: bool = False,
+    listen: bool = True,
+) -> tuple[socket.socket, UnixPath | None]:
     """Make a bound (and, with ``listen``, listening) stream socket.
 
     Returns ``(sock, unix_path)``: ``unix_path`` is a :class:`UnixPath` for a
@@ -125,7 +145,7 @@ def listening_socket(address, family=None, backlog=128, reuse_port=False, listen
     unix_path = None
     try:
         if family == socket.AF_UNIX:
-            path = os.fspath(address)
+            path = os.fspath(address)  # type: ignore[arg-type] # (a path here)
             abstract = path[:1] in ("\0", b"\0")
             if not abstract:
                 _clear_stale_socket(path)
@@ -213,18 +233,18 @@ class Listener:
 
     def __init__(
         self,
-        factory,
-        address=None,
-        family=None,
-        poller=None,
-        backlog=128,
-        max_connections=None,
-        reuse_port=False,
-        sock=None,
-        backoff=(0.05, 1.0),
-        ssl_context=None,
-        ssl_handshake_timeout=None,
-    ):
+        factory: Callable[..., Transport],
+        address: Address | None = None,
+        family: int | None = None,
+        poller: Poller | None = None,
+        backlog: int = 128,
+        max_connections: int | None = None,
+        reuse_port: bool = False,
+        sock: socket.socket | None = None,
+        backoff: tuple[float, float] = (0.05, 1.0),
+        ssl_context: ssl.SSLContext | None = None,
+        ssl_handshake_timeout: float | None = None,
+    ) -> None:
         if ssl_context is not None:
             from pike.tls import with_tls
 
@@ -236,20 +256,23 @@ class Listener:
         self.factory = factory
         self.poller = poller if poller is not None else get_poller()
         self.max_connections = max_connections
-        self.connections = set()
+        self.connections: set[Transport] = set()
         self.accepted_total = 0
         self.accept_errors = 0
         self._backoff_first, self._backoff_max = backoff
         self._backoff = 0.0
-        self._backoff_timer = None
-        self._deadline_timer = None
+        self._backoff_timer: TimerHandle | None = None
+        self._deadline_timer: TimerHandle | None = None
         self._shutting_down = False
         self._closed = False
-        self._done_callbacks = []
-        self._unix_path = None
+        self._done_callbacks: list[Callable[[Listener], Any]] = []
+        self._unix_path: UnixPath | None = None
         if sock is None:
             sock, self._unix_path = listening_socket(
-                address, family, backlog=backlog, reuse_port=reuse_port
+                address,  # type: ignore[arg-type] # (checked above: not None)
+                family,
+                backlog=backlog,
+                reuse_port=reuse_port,
             )
         self.family = sock.family
         try:
@@ -269,21 +292,21 @@ class Listener:
     # -- state ---------------------------------------------------------------
 
     @property
-    def socket(self):
+    def socket(self) -> socket.socket | None:
         """The listening socket (None once closed)."""
         return None if self._transport.closed else self._transport.socket
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The listening socket's fd (-1 once closed)."""
         return self._transport.fileno()
 
     @property
-    def accepting(self):
+    def accepting(self) -> bool:
         """True while new connections are being taken."""
         return self._transport.is_reading()
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         """True once the listener and all its connections are closed."""
         return self._closed
 
@@ -397,7 +420,7 @@ class Listener:
 
     # -- ending ----------------------------------------------------------------
 
-    def stop_accepting(self):
+    def stop_accepting(self) -> None:
         """Close the listening socket (and remove a Unix socket's path).
 
         Connections already made go on. Idempotent.
@@ -408,7 +431,7 @@ class Listener:
         self._transport.close()
         self._remove_unix_path()
 
-    def shutdown(self, deadline=None):
+    def shutdown(self, deadline: float | None = None) -> None:
         """Shut down gracefully: stop accepting, let connections end, close the rest.
 
         The listening socket is closed at once. Each connection with a
@@ -443,7 +466,7 @@ class Listener:
                 self._deadline_timer.cancel()  # a later call may shorten it
             self._deadline_timer = self.poller.call_later(max(0.0, deadline), self.close)
 
-    def close(self):
+    def close(self) -> None:
         """Stop accepting and close every connection now. Idempotent."""
         if self._closed:
             return
@@ -471,7 +494,7 @@ class Listener:
             except Exception:
                 logger.exception("pike: done callback %r of %r failed", callback, self)
 
-    def add_done_callback(self, fn):
+    def add_done_callback(self, fn: Callable[[Listener], Any]) -> None:
         """Call ``fn(listener)`` once the listener and its connections are closed."""
         if self._closed:
             fn(self)

@@ -181,7 +181,7 @@ class WorkerPool:
         self.restarts = 0
         self._slots = [_Slot(i) for i in range(workers)]
         self._sock: Any = None  # the reservation or the shared listening socket
-        self._unix_path = None
+        self._unix_path: Any = None
         self._lifeline: Any = None  # (parent end, child end)
         self._poller: Any = None
         self._started = False
