@@ -83,7 +83,7 @@ import threading as _threading
 import weakref as _weakref
 
 from pike import poller as _pike_poller
-from pike.errors import CONNECTION_LOST_ERRNOS
+from pike.errors import CONNECTION_LOST_ERRNOS as _CONNECTION_LOST_ERRNOS
 
 # The map channels live in unless one is passed explicitly.
 socket_map = {}
@@ -98,7 +98,7 @@ _reraised_exceptions = (ExitNow, KeyboardInterrupt, SystemExit)
 
 # Errors that mean "the peer is gone": they turn into handle_close(). (The
 # same table as the transport's: asyncore's own list has the same six.)
-_DISCONNECTED = CONNECTION_LOST_ERRNOS
+_DISCONNECTED = _CONNECTION_LOST_ERRNOS
 
 
 def _strerror(err):
