@@ -11,6 +11,8 @@ be named as a global in it, and its shape is checked by type. A frame that
 fails any of this closes the session with :exc:`~pike.spiro.ProtocolError`.
 """
 
+from __future__ import annotations
+
 import functools
 import itertools
 import pickle
@@ -35,6 +37,13 @@ from .protocol import (
     encode_exception,
     frame,
 )
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only: no typing cost at import
+    import ssl
+    from typing import Any, Callable
+
 
 __all__ = ["Proxy", "Session", "callback", "connect"]
 
@@ -63,14 +72,14 @@ class callback:  # noqa: N801 - reads like a function
 
     __slots__ = ("fn",)
 
-    def __init__(self, fn):
+    def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.fn(*args, **kwargs)
 
 
-def parse_address(address):
+def parse_address(address: str | tuple[Any, ...]) -> tuple[Any, ...]:
     """``(host, port)`` from a tuple or a ``"host:port"`` string.
 
     Raises ValueError for a string that is not ``HOST:PORT`` with a port
@@ -86,8 +95,16 @@ def parse_address(address):
     return tuple(address)
 
 
-def connect(address, authkey, *, timeout=10.0, max_frame_size=DEFAULT_MAX_FRAME_SIZE,
-            max_nesting=DEFAULT_MAX_NESTING, ssl_context=None, server_hostname=None):
+def connect(
+    address: str | tuple[Any, ...],
+    authkey: bytes | str,
+    *,
+    timeout: float | None = 10.0,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    max_nesting: int = DEFAULT_MAX_NESTING,
+    ssl_context: ssl.SSLContext | None = None,
+    server_hostname: str | None = None,
+) -> Session:
     """Open a :class:`Session` on the SPIRO server at ``address``.
 
     ``address`` is ``(host, port)`` or ``"host:port"``; ``authkey`` the
@@ -303,15 +320,15 @@ class Session:
 
     # -- operations -----------------------------------------------------------------
 
-    def do(self, source):
+    def do(self, source: str) -> None:
         """Run statements in the session's namespace; returns None."""
         return self._request("do", source)
 
-    def eval(self, source):
+    def eval(self, source: str) -> Any:
         """The value of an expression evaluated in the session's namespace."""
         return self._request("eval", source)
 
-    def doimport(self, modname, attr=None):
+    def doimport(self, modname: str, attr: str | None = None) -> Any:
         """Import ``modname`` on the server (or its attribute ``attr``).
 
         The name is bound in the session's namespace, and the module (or
@@ -321,20 +338,20 @@ class Session:
             return self._request("doimport", modname)
         return self._request("doimport", modname, attr)
 
-    def dir(self, obj=None):
+    def dir(self, obj: Proxy | None = None) -> list[str]:
         """The names in the session's namespace, or ``dir()`` of a proxy."""
         if obj is None:
             return list(self._request("dir"))
         return list(self._request("dir", obj))
 
-    def release(self, proxy):
+    def release(self, proxy: Proxy) -> None:
         """Drop the server's reference for ``proxy`` now (it is unusable after)."""
         oid = object.__getattribute__(proxy, "_spiro_oid")
         object.__setattr__(proxy, "_spiro_oid", None)
         if oid is not None:
             self._request("release", (oid,))
 
-    def close(self):
+    def close(self) -> None:
         """Close the connection; the server drops everything of the session."""
         if self.closed:
             return
@@ -345,13 +362,13 @@ class Session:
         finally:
             self._sock.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Session:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<spiro Session {state}>"
 

@@ -21,6 +21,8 @@ to the newest; sessions are capped, and a key holder past that cap is told
 so. The listener stops accepting only when both caps are reached.
 """
 
+from __future__ import annotations
+
 import builtins
 import functools
 import importlib
@@ -36,7 +38,7 @@ import threading
 try:
     import resource
 except ImportError:  # not on Windows
-    resource = None
+    resource = None  # type: ignore[assignment]
 
 from pike.chat import Chat
 from pike.poller import make_poller
@@ -65,6 +67,12 @@ from .protocol import (
     encode_exception,
     frame,
 )
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only: no typing cost at import
+    from typing import Any
+
 
 __all__ = ["SpiroServer", "is_loopback"]
 
@@ -739,11 +747,11 @@ class SpiroServer:
             output.install()
 
     @property
-    def address(self):
+    def address(self) -> Any:
         """The address listened on, with the real port."""
         return self.listener.address
 
-    def object_count(self):
+    def object_count(self) -> int:
         """How many objects the sessions hold for their clients, all told."""
         with self._lock:
             return sum(len(session.objects) for session in self.sessions.values())
@@ -768,7 +776,7 @@ class SpiroServer:
             self.sessions.pop(session.number, None)
         logger.info("spiro: %r ended", session)
 
-    def serve_forever(self):
+    def serve_forever(self) -> None:
         """Serve until :meth:`close` (from another thread) or an exception."""
         try:
             while not self._closed:
@@ -777,14 +785,14 @@ class SpiroServer:
             if not self._closed and not self.listener.closed:
                 self.listener.close()
 
-    def start(self):
+    def start(self) -> SpiroServer:
         """Serve in a daemon thread of the server's own; returns self."""
         self._thread = threading.Thread(target=self.serve_forever, name="spiro-server",
                                         daemon=True)
         self._thread.start()
         return self
 
-    def close(self, timeout=5.0):
+    def close(self, timeout: float = 5.0) -> None:
         """Close the listener and every session, and wait for their threads.
 
         A session thread stuck in code that never returns is left behind
