@@ -24,6 +24,8 @@ loads it as ``socketserver`` to run CPython's own test suite against it), so
 it imports pike with absolute imports only.
 """
 
+from __future__ import annotations
+
 import io
 import os
 import socket
@@ -34,6 +36,11 @@ import time
 import traceback
 
 from pike.poller import Channel, make_poller
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only: no typing cost at import
+    from typing import Any, Callable
 
 __version__ = "0.4"
 
@@ -97,7 +104,7 @@ class BaseServer:
     """
 
     #: Seconds :meth:`handle_request` waits for a request (None: no limit).
-    timeout = None
+    timeout: float | None = None
     #: The kind of the server's private poller ("epoll", "kqueue", "poll",
     #: "select"); None takes ``PIKE_POLLER`` or the platform's best.
     poller_name = None
@@ -105,7 +112,7 @@ class BaseServer:
     _pike_poller = None
     _pike_watch = None
 
-    def __init__(self, server_address, RequestHandlerClass):
+    def __init__(self, server_address: Any, RequestHandlerClass: Callable[..., Any]) -> None:
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
         self._loop_stopped = threading.Event()
@@ -114,24 +121,24 @@ class BaseServer:
 
     # -- overridable steps --------------------------------------------------
 
-    def server_activate(self):
+    def server_activate(self) -> None:
         """Called by the constructor to start taking requests (e.g. listen)."""
 
-    def service_actions(self):
+    def service_actions(self) -> None:
         """Called once per :meth:`serve_forever` iteration, in its thread.
 
         Runs at least every ``poll_interval`` seconds; subclasses and mix-ins
         hook periodic work in here (the forking mix-in reaps children).
         """
 
-    def handle_timeout(self):
+    def handle_timeout(self) -> None:
         """Called when :meth:`handle_request` saw no request in time."""
 
-    def verify_request(self, request, client_address):
+    def verify_request(self, request: Any, client_address: Any) -> bool:
         """Return True to serve the request, False to drop it (default True)."""
         return True
 
-    def process_request(self, request, client_address):
+    def process_request(self, request: Any, client_address: Any) -> None:
         """Serve one request: :meth:`finish_request`, then :meth:`shutdown_request`.
 
         The mix-ins override this to serve it in a thread or a child process.
@@ -139,18 +146,18 @@ class BaseServer:
         self.finish_request(request, client_address)
         self.shutdown_request(request)
 
-    def finish_request(self, request, client_address):
+    def finish_request(self, request: Any, client_address: Any) -> None:
         """Make the request handler, which serves the request."""
         self.RequestHandlerClass(request, client_address, self)
 
-    def shutdown_request(self, request):
+    def shutdown_request(self, request: Any) -> None:
         """End one request (the default only calls :meth:`close_request`)."""
         self.close_request(request)
 
-    def close_request(self, request):
+    def close_request(self, request: Any) -> None:
         """Release what one request holds (nothing, in this base class)."""
 
-    def handle_error(self, request, client_address):
+    def handle_error(self, request: Any, client_address: Any) -> None:
         """An exception escaped the handler: report it on ``sys.stderr``.
 
         Called from within the ``except`` block, so ``sys.exc_info()`` is the
@@ -180,7 +187,7 @@ class BaseServer:
 
     # -- the loop -----------------------------------------------------------
 
-    def serve_forever(self, poll_interval=0.5):
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Serve requests until :meth:`shutdown` is called.
 
         The thread blocks in the server's poller until a request arrives or
@@ -200,7 +207,7 @@ class BaseServer:
             self._stop_requested = False
             self._loop_stopped.set()
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """Stop the :meth:`serve_forever` loop and wait until it has stopped.
 
         Call it from another thread than the one running
@@ -215,7 +222,7 @@ class BaseServer:
             poller.stop()  # thread-safe: wakes a blocked poll at once
         self._loop_stopped.wait()
 
-    def handle_request(self):
+    def handle_request(self) -> None:
         """Wait for one request and serve it.
 
         Waits at most :attr:`timeout` seconds (or the socket's own timeout,
@@ -342,8 +349,13 @@ class TCPServer(BaseServer):
     #: The ``ssl.SSLContext`` requests are wrapped in (None: plain TCP).
     ssl_context = None
 
-    def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True,
-                 ssl_context=None):
+    def __init__(
+        self,
+        server_address: Any,
+        RequestHandlerClass: Callable[..., Any],
+        bind_and_activate: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         if ssl_context is not None:
             if not isinstance(ssl_context, ssl.SSLContext):
                 raise TypeError(f"ssl_context must be an ssl.SSLContext, not {ssl_context!r}")
@@ -358,7 +370,7 @@ class TCPServer(BaseServer):
                 self.server_close()
                 raise
 
-    def server_bind(self):
+    def server_bind(self) -> None:
         """Set the reuse options asked for, bind, and note the real address."""
         sock = self.socket
         if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
@@ -378,7 +390,7 @@ class TCPServer(BaseServer):
         BaseServer.server_close(self)
         self.socket.close()
 
-    def fileno(self):
+    def fileno(self) -> int:
         """The listening socket's fd."""
         return self.socket.fileno()
 
@@ -451,7 +463,7 @@ if hasattr(os, "fork"):
         """
 
         #: :meth:`handle_request` waits this long; then children are reaped.
-        timeout = 300
+        timeout: float | None = 300
         #: Pids of the children that have not been reaped (None before any).
         active_children = None
         #: More children than this make the server wait for one to end.
