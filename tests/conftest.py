@@ -67,8 +67,14 @@ def poller(poller_name, implementation):
         yield p
     finally:
         pike.set_poller(previous)
-        for channel in p.channels():
-            channel.close()
+        # Until none is left: closing one may hand its socket to another
+        # channel (a TLS close lingers to send close_notify).
+        for _ in range(10):
+            channels = p.channels()
+            if not channels:
+                break
+            for channel in channels:
+                channel.close()
         p.close()
     leaked = open_fds() - fds_before
     if leaked:  # perhaps garbage not collected yet: collect, then look again
