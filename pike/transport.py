@@ -46,7 +46,10 @@ if TYPE_CHECKING:  # hints only: no typing cost at import
     import ssl
     from typing import Any, Iterable, TypeVar, Union
 
+    from typing import BinaryIO
+
     from .poller import Poller
+    from .sendfile import SendfileRequest
     from .tls import TLSLayer
 
     Buffer = Union[bytes, bytearray, memoryview]
@@ -619,6 +622,38 @@ class Transport:
             self._flush_queue()
         else:
             self._queued_more()
+
+    def sendfile(self, file: BinaryIO, offset: int = 0, count: int | None = None) -> SendfileRequest:
+        """Send ``count`` bytes of ``file`` from ``offset`` (None: to its end).
+
+        The bytes go out in order with :meth:`write`'s: after what was
+        written before, before what is written after. ``os.sendfile`` moves
+        them where the platform has it (no copy through Python); a file
+        object without an fd, or a file system that refuses it, is read and
+        sent instead. They count in :meth:`get_write_buffer_size`, so the
+        water marks apply. ``file`` must be a regular file or a seekable file
+        object, and stay open until the request is done; its position is not
+        used or changed (except by the read fallback of an object without an
+        fd). Returns a :class:`~pike.sendfile.SendfileRequest`: its
+        ``add_done_callback`` reports the end, ``sent`` the bytes sent (fewer
+        than ``count`` if the file is shorter).
+
+        Not available under TLS yet (RuntimeError): ``write()`` the data.
+        """
+        from .sendfile import FileSegment, SendfileRequest, file_span
+
+        self._check_writable()
+        if self.tls is not None:
+            raise RuntimeError("sendfile() under TLS is not supported yet; write() the data")
+        span = file_span(file, offset, count)
+        request = SendfileRequest(span)
+        if not span:
+            request._finish()
+            return request
+        queue = self._write_queue()
+        queue.append_file(FileSegment(file, offset, span, request))
+        self._queued_more()
+        return request
 
     def write_eof(self) -> None:
         """Shut down our sending side once queued data has been sent."""

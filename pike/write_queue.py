@@ -12,6 +12,8 @@ from __future__ import annotations
 import collections
 import os
 import socket
+
+from .sendfile import FileSegment
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # hints only: no typing cost at import
@@ -40,7 +42,8 @@ class WriteQueue:
     __slots__ = ("_buffers", "_offset", "size")
 
     def __init__(self) -> None:
-        self._buffers: Deque[bytes] = collections.deque()
+        # bytes, and FileSegments (Transport.sendfile) in their place in line
+        self._buffers: Deque[Any] = collections.deque()
         self._offset = 0  # bytes of _buffers[0] already sent
         self.size = 0  # bytes still queued
 
@@ -66,11 +69,21 @@ class WriteQueue:
         self._buffers.append(data)
         self.size += length
 
+    def append_file(self, segment: FileSegment) -> None:
+        """Queue part of a file (see :mod:`pike.sendfile`) behind the rest."""
+        if not self._buffers:
+            self._offset = 0
+        self._buffers.append(segment)
+        self.size += segment.remaining
+
     def clear(self) -> None:
-        """Drop everything queued."""
+        """Drop everything queued; a file segment's request ends with an error."""
+        segments = [b for b in self._buffers if type(b) is FileSegment]
         self._buffers.clear()
         self._offset = 0
         self.size = 0
+        for segment in segments:
+            segment.request._finish(BrokenPipeError("the write queue was dropped"))
 
     def send_to(self, sock: socket.socket) -> int:
         """Send as much as the socket takes now; return the bytes sent.
@@ -80,8 +93,10 @@ class WriteQueue:
         buffers = self._buffers
         if not buffers:
             return 0
+        if type(buffers[0]) is FileSegment:
+            return self._send_file(sock)
         try:
-            if len(buffers) == 1 or not _HAS_SENDMSG:
+            if len(buffers) == 1 or type(buffers[1]) is FileSegment or not _HAS_SENDMSG:
                 head: _Chunk = buffers[0]
                 if self._offset:
                     head = memoryview(head)[self._offset :]
@@ -93,10 +108,24 @@ class WriteQueue:
         self._consume(sent)
         return sent
 
+    def _send_file(self, sock: socket.socket) -> int:
+        segment = self._buffers[0]
+        before = segment.remaining
+        sent = segment.send_to(sock)
+        self.size -= before - segment.remaining  # (all of it at the file's end)
+        if not segment.remaining:
+            self._buffers.popleft()
+            segment.request._finish()
+        return sent
+
     def _iovecs(self) -> List[_Chunk]:
         buffers = self._buffers
         count = min(len(buffers), _IOV_MAX)
-        iovecs: List[_Chunk] = [buffers[i] for i in range(count)]
+        iovecs: List[_Chunk] = []
+        for i in range(count):
+            if type(buffers[i]) is FileSegment:
+                break  # a file goes by itself, after the bytes before it
+            iovecs.append(buffers[i])
         if self._offset:
             iovecs[0] = memoryview(iovecs[0])[self._offset :]
         return iovecs

@@ -22,6 +22,7 @@ callbacks in order, and the bytes on the wire.
 """
 
 import hashlib
+import os
 import socket
 import struct
 import time
@@ -325,8 +326,9 @@ def run_ops(ops, poller_name, family):
         poller.close()
 
 
+# PIKE_MODEL_EXAMPLES=300 (say) for a longer hunt than the CI run's.
 _SETTINGS = settings(
-    max_examples=30,
+    max_examples=int(os.environ.get("PIKE_MODEL_EXAMPLES", "30")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
