@@ -99,6 +99,9 @@ class Transport:
     accept_retry_delay = 1.0
     _accept_retry = None  # the timer handle while accepting is paused
 
+    #: The :class:`pike.tls.TLSLayer` once :meth:`start_tls` was called.
+    tls = None
+
     _writing_paused = False
     _high_water = DEFAULT_HIGH_WATER
     _low_water = DEFAULT_HIGH_WATER // 4
@@ -242,6 +245,36 @@ class Transport:
         self.close()
         raise self.connect_error
 
+    def start_tls(self, context, server_side=False, server_hostname=None,
+                  handshake_timeout=None, close_timeout=None):
+        """Encrypt this connection with TLS from now on; return the layer.
+
+        ``context`` is an ``ssl.SSLContext``. Call it on a connected
+        transport (STARTTLS), before :meth:`connect` on a client, or on an
+        accepted socket with ``server_side=True``. The handshake runs from
+        the loop; :meth:`handle_tls_handshake` reports its end and
+        :meth:`handle_tls_failed` a failure (then the transport closes).
+        ``recv``, ``handle_read``, ``write`` and the water marks then work
+        on plaintext. ``handshake_timeout`` defaults to 60 s; ``close()``
+        waits up to ``close_timeout`` (default 5 s) for close_notify to
+        leave. See :mod:`pike.tls`.
+        """
+        from .tls import TLSLayer  # (the ssl module only when TLS is used)
+
+        if self.tls is not None:
+            raise RuntimeError(f"{self!r} already runs TLS")
+        if self.closed or self.accepting:
+            raise RuntimeError(f"start_tls on a {'closed' if self.closed else 'listening'} transport")
+        if self.socket is not None and self.socket.type != socket.SOCK_STREAM:
+            raise ValueError("start_tls needs a stream socket")
+        layer = TLSLayer(self, context, server_side, server_hostname,
+                         handshake_timeout, close_timeout)
+        self.tls = layer
+        layer.install()
+        if self.connected:
+            layer.begin()
+        return layer
+
     # -- events from the poller -------------------------------------------
 
     def handle_read_event(self):
@@ -374,6 +407,15 @@ class Transport:
         The default shuts our side down once queued data is sent.
         """
         self.write_eof()
+
+    def handle_tls_handshake(self):
+        """The TLS handshake finished: ``self.tls`` tells what was agreed."""
+
+    def handle_tls_failed(self, exc):
+        """TLS failed (handshake, verification, timeout, bad records); the
+        transport aborts after this. The default logs the reason once.
+        """
+        logger.warning("pike: TLS failed on %r: %s", self, exc)
 
     def handle_read_eof(self):
         """:meth:`recv` saw the peer's EOF; runs before :meth:`handle_close`
@@ -558,6 +600,8 @@ class Transport:
         """Shut down our sending side once queued data has been sent."""
         if self.closed or self._write_state:
             return
+        if self.tls is not None and self.tls.end_requested("eof"):
+            return  # (after the handshake)
         if self._queue or self.connecting:
             self._write_state = WRITE_EOF_AFTER_DRAIN
             self.poller.defer_write(self)
@@ -568,6 +612,8 @@ class Transport:
         """Close once queued data has been sent (at once if none is)."""
         if self.closed:
             return
+        if self.tls is not None and self.tls.end_requested("close"):
+            return  # (after the handshake)
         if self._queue or self.connecting:
             self._write_state = WRITE_CLOSE_AFTER_DRAIN
             self.poller.defer_write(self)
@@ -578,7 +624,14 @@ class Transport:
         return True
 
     def discard_write_buffer(self):
-        """Drop queued, unsent data (a partly sent buffer is cut off)."""
+        """Drop queued, unsent data (a partly sent buffer is cut off).
+
+        Under TLS, dropping encrypted records ends the session: the
+        transport aborts (the peer could not decrypt what follows).
+        """
+        if self.tls is not None and self.tls.discard():
+            self.abort()
+            return
         queue = self._queue
         if queue:
             queue.clear()
@@ -695,10 +748,17 @@ class Transport:
         """Unregister from the poller, then close the socket. Idempotent.
 
         Data still queued is discarded: use :meth:`close_when_done` to send
-        it first.
+        it first. Under TLS, close_notify is sent behind the records already
+        queued, which may take up to ``tls.close_timeout`` seconds (after
+        the transport is closed); :meth:`abort` sends nothing.
         """
         if self.closed:
             return
+        linger = None
+        if self.tls is not None:
+            linger = self.tls.prepare_close()
+            if self.closed:
+                return  # (closed again from a callback on the way)
         self.closed = True
         self.connected = self.connecting = self.accepting = False
         self._reading = False
@@ -720,6 +780,15 @@ class Transport:
             except OSError as exc:
                 if exc.errno not in (errno.EBADF, errno.ENOTCONN):
                     raise
+        if linger is not None:
+            linger()
+
+    def abort(self):
+        """Close at once: queued data is dropped, and under TLS no
+        close_notify is sent."""
+        if self.tls is not None:
+            self.tls.abandon()
+        self.close()
 
     def __enter__(self):
         return self

@@ -197,6 +197,14 @@ def build_parser():
     from pike.bench import soak_cli
 
     soak_cli.add_arguments(parser)
+    parser.add_argument(
+        "--tls", action="store_true",
+        help=(
+            "echo over TLS instead: pike, asyncio and uvloop serving the same "
+            "certificate; ping-pong (10 and 100 connections x 1 KiB, or --connections "
+            "and --size) and streaming (1 connection); see pike.bench.tls"
+        ),
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--list", action="store_true", help="list the servers available here and exit")
     parser.add_argument(
@@ -299,6 +307,36 @@ def _format(results, headline):
     return text
 
 
+def _run_tls(args, parser, progress):
+    """``--tls``: the TLS cases of :mod:`pike.bench.tls`, one table."""
+    import json
+
+    from pike.bench import tls
+
+    base = QUICK if args.quick else HEADLINE
+    connections = args.connections or PINGPONG_CONNECTIONS[1]
+    if any(not 1 <= c <= MAX_CONNECTIONS for c in connections):
+        parser.error(f"--connections must be between 1 and {MAX_CONNECTIONS}")
+    size = args.size[0] if args.size else PINGPONG_SIZES[1][0]
+    if size < 1:
+        parser.error("--size must be at least 1 byte")
+    try:
+        results = tls.run(
+            pingpong_connections=connections, size=size,
+            warmup=base["warmup"] if args.warmup is None else args.warmup,
+            duration=base["duration"] if args.duration is None else args.duration,
+            progress=progress,
+        )
+    except tls.TLSBenchError as exc:
+        progress(f"error: {exc}")
+        return 1
+    sys.stdout.write(tls.format_table(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"tls": results}, f, indent=1)
+    return 0
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -315,6 +353,8 @@ def main(argv=None):
         from pike.bench import soak_cli
 
         return soak_cli.run(args, parser, progress)
+    if args.tls:
+        return _run_tls(args, parser, progress)
     if args.from_json:
         try:
             results = report.read_json(args.from_json)

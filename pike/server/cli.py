@@ -4,6 +4,7 @@
 
     python -m pike echo [--host H] [--port P] [--unix PATH] [--workers N]
                         [--poller NAME] [--max-connections N] [--grace S] [-v]
+                        [--tls-cert FILE [--tls-key FILE]]
 
 It prints one line saying where it listens (``listening on tcp
 127.0.0.1:40123`` or ``listening on unix /path``), serves until SIGINT
@@ -57,7 +58,22 @@ def _parser() -> argparse.ArgumentParser:
                         help="time connections get to finish on a stop (default 5)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="log worker starts and exits")
+    parser.add_argument("--tls-cert", metavar="FILE",
+                        help="serve TLS with this PEM certificate chain")
+    parser.add_argument("--tls-key", metavar="FILE",
+                        help="the certificate's private key (default: in --tls-cert)")
     return parser
+
+
+def _echo_factory(args: argparse.Namespace) -> Any:
+    """EchoConnection, made to start TLS when --tls-cert was given."""
+    from .echo import EchoConnection
+
+    if args.tls_context is None:
+        return EchoConnection
+    from pike.tls import with_tls
+
+    return with_tls(EchoConnection, args.tls_context)
 
 
 def _describe(address: Any, family: int) -> str:
@@ -73,13 +89,12 @@ def _serve_here(args: argparse.Namespace, address: Any) -> int:
     import pike
     from pike.poller import make_poller
 
-    from .echo import EchoConnection
     from .listener import Listener
 
     poller = make_poller(args.poller)
     try:
         listener = Listener(
-            EchoConnection, address, poller=poller, max_connections=args.max_connections
+            _echo_factory(args), address, poller=poller, max_connections=args.max_connections
         )
     except BaseException:
         poller.close()
@@ -94,7 +109,7 @@ def _serve_here(args: argparse.Namespace, address: Any) -> int:
     try:
         listener.add_done_callback(lambda _: poller.stop())
         print(
-            f"listening on {_describe(listener.address, listener.family)} "
+            f"listening on {_describe(listener.address, listener.family)}{args.tls_note} "
             f"(poller {poller.name}, implementation {pike.IMPLEMENTATION}, 1 process)",
             flush=True,
         )
@@ -111,11 +126,10 @@ def _serve_here(args: argparse.Namespace, address: Any) -> int:
 
 
 def _serve_workers(args: argparse.Namespace, address: Any) -> int:
-    from .echo import EchoConnection
     from .workers import WorkerPool
 
     pool = WorkerPool(
-        EchoConnection,
+        _echo_factory(args),
         address,
         workers=args.workers,
         poller_name=args.poller,
@@ -129,7 +143,7 @@ def _serve_workers(args: argparse.Namespace, address: Any) -> int:
         pool.start()
         mode = "SO_REUSEPORT" if pool.reuse_port else "one shared socket"
         print(
-            f"listening on {_describe(pool.address, pool.family)} "
+            f"listening on {_describe(pool.address, pool.family)}{args.tls_note} "
             f"({args.workers} worker processes, {mode}; pids "
             f"{' '.join(map(str, pool.pids))})",
             flush=True,
@@ -162,6 +176,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"unknown or unavailable poller {args.poller!r}; this "
                 f"platform has: {', '.join(pike.available_pollers())}"
             )
+    args.tls_context, args.tls_note = None, ""
+    if args.tls_key and not args.tls_cert:
+        parser.error("--tls-key needs --tls-cert")
+    if args.tls_cert:
+        from pike.tls import server_context
+
+        try:
+            args.tls_context = server_context(args.tls_cert, args.tls_key)
+        except (OSError, ValueError) as exc:  # (ssl.SSLError is an OSError)
+            parser.error(f"cannot use the TLS certificate: {exc}")
+        args.tls_note = " with TLS"
     address = args.unix if args.unix else (args.host, args.port)
     try:
         if args.workers == 1:

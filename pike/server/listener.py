@@ -201,6 +201,10 @@ class Listener:
         making one (``address`` and ``family`` are then taken from it).
     :param backoff: ``(first, longest)`` seconds of the pause after an
         accept error such as EMFILE; it doubles while errors go on.
+    :param ssl_context: an ``ssl.SSLContext``: every connection starts TLS
+        as the server (``start_tls``) before it sees a byte.
+    :param ssl_handshake_timeout: seconds a TLS handshake may take
+        (default 60).
 
     A connection transport may define ``handle_shutdown()``: it is called once
     when a graceful :meth:`shutdown` begins (for instance to finish the
@@ -218,7 +222,13 @@ class Listener:
         reuse_port=False,
         sock=None,
         backoff=(0.05, 1.0),
+        ssl_context=None,
+        ssl_handshake_timeout=None,
     ):
+        if ssl_context is not None:
+            from pike.tls import with_tls
+
+            factory = with_tls(factory, ssl_context, ssl_handshake_timeout)
         if max_connections is not None and max_connections < 1:
             raise ValueError("max_connections must be at least 1 (or None)")
         if sock is None and address is None:

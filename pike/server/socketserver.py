@@ -27,6 +27,7 @@ it imports pike with absolute imports only.
 import io
 import os
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -316,10 +317,13 @@ class BaseServer:
 class TCPServer(BaseServer):
     """A stream server.
 
-    ``TCPServer(server_address, RequestHandlerClass, bind_and_activate=True)``:
-    the constructor makes :attr:`socket`; with ``bind_and_activate`` it also
-    calls :meth:`server_bind` and :meth:`server_activate` (and closes the
-    socket again if either fails). The class attributes
+    ``TCPServer(server_address, RequestHandlerClass, bind_and_activate=True,
+    ssl_context=None)``: the constructor makes :attr:`socket`; with
+    ``bind_and_activate`` it also calls :meth:`server_bind` and
+    :meth:`server_activate` (and closes the socket again if either fails).
+    With ``ssl_context`` every request is a server-side ``ssl.SSLSocket``
+    whose handshake runs on its first read or write, in the handler (so a
+    slow client never holds up the accepting loop). The class attributes
     :attr:`address_family`, :attr:`socket_type`, :attr:`request_queue_size`,
     :attr:`allow_reuse_address` and :attr:`allow_reuse_port` shape it.
     """
@@ -335,7 +339,15 @@ class TCPServer(BaseServer):
     #: Set ``SO_REUSEPORT`` before binding (where the platform has it).
     allow_reuse_port = False
 
-    def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True):
+    #: The ``ssl.SSLContext`` requests are wrapped in (None: plain TCP).
+    ssl_context = None
+
+    def __init__(self, server_address, RequestHandlerClass, bind_and_activate=True,
+                 ssl_context=None):
+        if ssl_context is not None:
+            if not isinstance(ssl_context, ssl.SSLContext):
+                raise TypeError(f"ssl_context must be an ssl.SSLContext, not {ssl_context!r}")
+            self.ssl_context = ssl_context
         BaseServer.__init__(self, server_address, RequestHandlerClass)
         self.socket = socket.socket(self.address_family, self.socket_type)
         if bind_and_activate:
@@ -372,7 +384,16 @@ class TCPServer(BaseServer):
 
     def get_request(self):
         """Accept one connection: ``(connection, client_address)``."""
-        return self.socket.accept()
+        connection, address = self.socket.accept()
+        if self.ssl_context is not None:
+            try:
+                connection = self.ssl_context.wrap_socket(
+                    connection, server_side=True, do_handshake_on_connect=False
+                )
+            except BaseException:
+                connection.close()
+                raise
+        return connection, address
 
     def shutdown_request(self, request):
         """Shut the connection down for writing, then close it."""

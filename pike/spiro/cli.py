@@ -7,12 +7,19 @@
                                [--max-sessions N] [--max-pending N]
                                [--max-pending-per-peer N]
                                [--max-frame-size BYTES] [--max-nesting N] [-v]
+                               [--tls-cert FILE [--tls-key FILE]]
     python -m pike spiro shell HOST:PORT [--authkey-file F]
+                               [--tls] [--tls-ca FILE] [--tls-hostname NAME]
 
 The key comes from ``--authkey-file`` or else from the environment
 variable ``PIKE_SPIRO_AUTHKEY``; it must be at least 16 bytes long, and a
 key file that its group or others may read or write is refused, as ssh
 refuses such a private key (``chmod 600`` it).
+
+With ``--tls-cert`` the server speaks TLS only; ``shell --tls`` connects
+over TLS, verifying the server against the system's CAs or the ones in
+``--tls-ca`` (which implies ``--tls``). The key is proved either way,
+inside the encrypted channel.
 
 ``serve`` prints where it listens (``spiro: listening on 127.0.0.1:40123``)
 and, when it was given no key, the random key it made
@@ -116,11 +123,21 @@ def _parser():
     serve.add_argument("--max-nesting", type=_count, default=DEFAULT_MAX_NESTING, metavar="N",
                        help=f"deepest nesting of one message (default {DEFAULT_MAX_NESTING})")
     serve.add_argument("-v", "--verbose", action="store_true", help="log sessions")
+    serve.add_argument("--tls-cert", metavar="FILE",
+                       help="serve TLS with this PEM certificate chain")
+    serve.add_argument("--tls-key", metavar="FILE",
+                       help="the certificate's private key (default: in --tls-cert)")
     serve.set_defaults(run=_serve, parser=serve)
     shell = commands.add_parser("shell", help="an interactive remote prompt")
     shell.add_argument("address", metavar="HOST:PORT", type=_address)
     shell.add_argument("--authkey-file", metavar="FILE",
                        help=f"file holding the shared key, mode 600 (default: ${ENV_KEY})")
+    shell.add_argument("--tls", action="store_true", help="connect over TLS")
+    shell.add_argument("--tls-ca", metavar="FILE",
+                       help="trust the CA certificates in FILE (implies --tls; "
+                            "default: the system's)")
+    shell.add_argument("--tls-hostname", metavar="NAME",
+                       help="the name the server's certificate must carry (default: HOST)")
     shell.set_defaults(run=_shell, parser=shell)
     return parser
 
@@ -134,10 +151,27 @@ def _read_key(args):
         args.parser.error(str(exc))
 
 
+def _tls_context(args):
+    """The ssl.SSLContext the TLS options ask for, or None."""
+    from pike import tls
+
+    try:
+        if args.command == "serve":
+            if args.tls_key and not args.tls_cert:
+                args.parser.error("--tls-key needs --tls-cert")
+            return tls.server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+        if args.tls or args.tls_ca:
+            return tls.client_context(args.tls_ca)
+        return None
+    except (OSError, ValueError) as exc:  # (ssl.SSLError is an OSError)
+        args.parser.error(f"cannot use the TLS files: {exc}")
+
+
 def _serve(args):
     from .server import SpiroServer
 
     key = _read_key(args)
+    context = _tls_context(args)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(message)s")
     try:
@@ -150,6 +184,7 @@ def _serve(args):
             max_pending_per_peer=args.max_pending_per_peer,
             max_frame_size=args.max_frame_size,
             max_nesting=args.max_nesting,
+            ssl_context=context,
         )
     except ValueError as exc:
         args.parser.error(str(exc))
@@ -164,6 +199,8 @@ def _serve(args):
     print(f"spiro: listening on {host}:{port}", flush=True)
     if server.generated_key:
         print(f"spiro: authkey {server.authkey.decode()}", flush=True)
+    if context is not None:
+        print(f"spiro: TLS only, certificate {args.tls_cert}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -181,8 +218,10 @@ def _shell(args):
     if key is None:
         args.parser.error(f"give --authkey-file or set ${ENV_KEY}")
     host, port = args.address
+    context = _tls_context(args)
     try:
-        session = connect(args.address, key)
+        session = connect(args.address, key, ssl_context=context,
+                          server_hostname=args.tls_hostname)
     except AuthenticationError as exc:
         print(f"spiro: {exc}", file=sys.stderr)
         return 1

@@ -87,7 +87,7 @@ def parse_address(address):
 
 
 def connect(address, authkey, *, timeout=10.0, max_frame_size=DEFAULT_MAX_FRAME_SIZE,
-            max_nesting=DEFAULT_MAX_NESTING):
+            max_nesting=DEFAULT_MAX_NESTING, ssl_context=None, server_hostname=None):
     """Open a :class:`Session` on the SPIRO server at ``address``.
 
     ``address`` is ``(host, port)`` or ``"host:port"``; ``authkey`` the
@@ -97,14 +97,23 @@ def connect(address, authkey, *, timeout=10.0, max_frame_size=DEFAULT_MAX_FRAME_
     and ``max_nesting`` bound what the server may send. Raises
     :exc:`~pike.spiro.AuthenticationError` when the key is wrong, and
     :exc:`ConnectionRefusedError` when the server has all the sessions it
-    takes.
+    takes. With ``ssl_context`` (a client ``ssl.SSLContext``) the session
+    runs over TLS, the server's certificate checked for ``server_hostname``
+    (default: the host of ``address``); the key is still proved, inside
+    the encrypted channel. A failed verification raises
+    ``ssl.SSLCertVerificationError``.
     """
     if authkey is None:
         raise ValueError("a SPIRO server needs its authkey")
     key = protocol.as_key(authkey)
-    sock = socket.create_connection(parse_address(address), timeout=timeout)
+    address = parse_address(address)
+    sock = socket.create_connection(address, timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            sock = ssl_context.wrap_socket(
+                sock, server_hostname=server_hostname or address[0]
+            )  # (the handshake, bounded by ``timeout``)
         session = Session(sock, max_frame_size, max_nesting)
         session._handshake(key)
         sock.settimeout(None)

@@ -30,6 +30,7 @@ import logging
 import pickle
 import queue
 import secrets
+import ssl
 import threading
 
 try:
@@ -442,6 +443,10 @@ class _Connection(Chat):
         self._nonce = protocol.make_nonce()
         self._timer = None
         super().__init__(alternate_poller, sock)
+        if server.ssl_context is not None:
+            # Before the greeting below: nothing may leave unencrypted. The
+            # auth timeout bounds the TLS handshake too.
+            self.start_tls(server.ssl_context, server_side=True)
         self.max_frame_size = None  # int counts only; the header is checked below
         self.set_terminator(HEADER.size)
         self._last = self.poller.time()
@@ -653,6 +658,8 @@ class SpiroServer:
         At either cap the oldest such connection is closed for the new one.
     :param capture_output: send what session code prints to ``sys.stdout``
         and ``sys.stderr`` to its client (see "Printed output" in the docs).
+    :param ssl_context: a server-side ``ssl.SSLContext``: every connection
+        is TLS, and the key's challenge and response travel inside it.
 
     Serve with :meth:`serve_forever` in the calling thread, or
     :meth:`start` for a thread of the server's own; :meth:`close` ends
@@ -673,7 +680,12 @@ class SpiroServer:
         max_pending=DEFAULT_MAX_PENDING,
         max_pending_per_peer=DEFAULT_MAX_PENDING_PER_PEER,
         capture_output=True,
+        ssl_context=None,
     ):
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(f"ssl_context must be an ssl.SSLContext, not {ssl_context!r}")
+        #: The ``ssl.SSLContext`` connections use (None: plain TCP).
+        self.ssl_context = ssl_context
         host = address[0]
         if authkey is None:
             if not is_loopback(host):
