@@ -41,11 +41,20 @@ class HandshakingChannel:
     want = None
     failure = None
     write_blocked = 0  # sends that met want-write (the socket buffer full)
+    handshake_wants = ()
+    unexpected = ()
 
     def start_handshake(self, want):
         self.handshaking = True
         self.want = want
         self.handshake_wants = []  # what each unfinished step waited for
+        self.unexpected = []  # events readable()/writable() had declined
+
+    def handshake_event(self, kind):
+        """A read or write event during the handshake: take the next step."""
+        if kind != self.want:
+            self.unexpected.append((kind, self.want))
+        self.step_handshake()
 
     def step_handshake(self):
         try:
@@ -135,7 +144,7 @@ def build(asyncore, asynchat):
 
         def handle_read(self):
             if self.handshaking:
-                self.step_handshake()
+                self.handshake_event("read")
                 return
             data = self.recv(RECV_SIZE)
             while data:
@@ -148,7 +157,7 @@ def build(asyncore, asynchat):
 
         def handle_write(self):
             if self.handshaking:
-                self.step_handshake()
+                self.handshake_event("write")
                 return
             if not self.inflight:
                 self.inflight = bytes(self.out[:WRITE_CHUNK])
@@ -235,7 +244,7 @@ def build(asyncore, asynchat):
 
         def handle_read(self):
             if self.handshaking:
-                self.step_handshake()
+                self.handshake_event("read")
                 return
             self.reads_after_handshake += 1
             data = self.recv(RECV_SIZE)
@@ -288,7 +297,7 @@ def build(asyncore, asynchat):
 
         def handle_read(self):
             if self.handshaking:
-                self.step_handshake()
+                self.handshake_event("read")
                 return
             asynchat.async_chat.handle_read(self)
             while self.tls and not self.handshaking and self.pending():
@@ -296,7 +305,7 @@ def build(asyncore, asynchat):
 
         def handle_write(self):
             if self.handshaking:
-                self.step_handshake()
+                self.handshake_event("write")
                 return
             asynchat.async_chat.handle_write(self)
             self.after_write()

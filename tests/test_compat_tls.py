@@ -173,6 +173,7 @@ def echo(harness, certs, sizes):
         assert client.failure is None
         assert client.handshake_seen
         assert "read" in client.handshake_wants  # retried after want-read
+        assert client.unexpected == []  # no event that readable()/writable() declined
         assert client.tally.count == len(data)
         assert client.tally.digest == sha256_of(data)
     for client in clients:
@@ -184,7 +185,7 @@ def echo(harness, certs, sizes):
     )
     got = sorted((h.tally.count, h.tally.digest) for h in server.handlers)
     assert got == sorted((len(m), sha256_of(m)) for m in messages)
-    assert all(h.failure is None for h in server.handlers)
+    assert all(h.failure is None and h.unexpected == [] for h in server.handlers)
     return server
 
 
@@ -345,11 +346,13 @@ def test_starttls_line_exchange(harness, certs):
     )
     assert client.failure is None
     assert client.handshake_seen and client.said_bye
+    assert client.unexpected == []
     expected = sha256_of(b"".join(line + b"\n" for line in lines))
     assert client.echo_tally.digest == expected
     (handler,) = server.handlers
     assert handler.failure is None
     assert handler.plain_lines == [b"STARTTLS"]
+    assert handler.handshake_wants and handler.unexpected == []
     assert handler.tls_tally.digest == expected
     assert handler.tls_tally.count == sum(len(line) + 1 for line in lines)
     harness.run_until(
