@@ -10,7 +10,9 @@ STARTTLS; each drives a non-blocking handshake from its handlers and lets
   library's asyncore / asynchat as the baseline ("stdlib", Python <= 3.11);
 * ``use_poll``: select() and poll() semantics;
 * ``size``: a small map, and one over 64 channels (idle dispatchers added),
-  where pike's loop asks only the channels whose answers may have changed.
+  where pike's loop asks only the channels whose answers may have changed
+  (here with its periodic full sweep put off, so that nothing hides a
+  change the loop was not told of).
 
 Every byte is checked with SHA-256 at both ends. Everything is on
 127.0.0.1, every wait has a deadline, and no channel, poller or fd survives
@@ -89,7 +91,13 @@ def use_poll(request):
 
 
 @pytest.fixture(params=["small", "large"])
-def size(request):
+def size(request, monkeypatch):
+    if request.param == "large":
+        # The default policy, whose size bound this map crosses; and no
+        # periodic sweep: every change must reach pike's loop by a hint
+        # (an event of the channel's own, an attribute assignment).
+        monkeypatch.setattr(compat_asyncore, "_SWEEP_MODE", "auto")
+        monkeypatch.setattr(compat_asyncore, "_SWEEP_INTERVAL", 3600.0)
     return request.param
 
 
