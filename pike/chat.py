@@ -60,11 +60,13 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 class simple_producer:  # noqa: N801 - the asynchat name
     """A producer of ``data`` in pieces of at most ``buffer_size`` bytes.
 
-    :meth:`more` returns the next piece, and ``b""`` once all was produced.
-    ``data`` is any bytes-like object; a mutable one is copied.
+    :meth:`more` returns the next piece, and ``b""`` once all was produced;
+    :attr:`data` is what is left. ``data`` is any bytes-like object; a
+    mutable one is copied. (The one producer class: ``asynchat``'s drop-in
+    in :mod:`pike.compat.asynchat` is this class, also taking ``str``.)
     """
 
-    __slots__ = ("data", "buffer_size", "_offset")
+    __slots__ = ("_data", "buffer_size", "_offset")
 
     def __init__(self, data, buffer_size=512):
         if not isinstance(data, _BYTES_LIKE):
@@ -73,14 +75,25 @@ class simple_producer:  # noqa: N801 - the asynchat name
             )
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be positive, not {buffer_size}")
-        self.data = bytes(data)
+        self._data = bytes(data)
         self.buffer_size = buffer_size
         self._offset = 0
 
-    def more(self):
-        """The next piece of the data, or ``b""`` at the end."""
+    @property
+    def data(self):
+        """What has not been produced yet."""
         start = self._offset
-        data = self.data
+        return self._data[start:] if start else self._data
+
+    @data.setter
+    def data(self, data):
+        self._data = data
+        self._offset = 0
+
+    def more(self):
+        """The next piece of the data, or an empty one at the end."""
+        start = self._offset
+        data = self._data
         if start == 0 and len(data) <= self.buffer_size:
             self._offset = len(data)
             return data
