@@ -290,9 +290,13 @@ class Chat(Transport):
         """Close once everything in the producer FIFO and the write buffer
         has been sent.
 
-        Puts None on the producer FIFO; when it comes up and the write buffer
-        is empty :meth:`handle_close` is called (which closes by default).
-        Data pushed afterwards is never sent.
+        Puts None on the producer FIFO; when it comes up, the connection
+        closes as :meth:`Transport.close_when_done
+        <pike.transport.Transport.close_when_done>` closes it: with
+        :meth:`close` once the write buffer is empty (one meaning for one
+        name; :meth:`handle_close` is for ends the connection did not ask
+        for, so a ``handle_close`` may itself push a last answer and call
+        this). Data pushed afterwards is never sent.
         """
         self.producer_fifo.append(None)
         if not self._busy:
@@ -359,12 +363,11 @@ class Chat(Transport):
                     else:
                         self.writelines(batch)
                     continue
-                # The FIFO is empty, or None (close_when_done) is at its head.
-                if not fifo or self.get_write_buffer_size():
-                    return  # the write buffer drains first: handle_write comes back
-                fifo.popleft()
-                self._busy = False
-                self.handle_close()
+                # The FIFO is empty, or None (close_when_done) is at its head:
+                # Transport closes once its write buffer drained. The None
+                # stays, so what is pushed after it is never sent.
+                if fifo:
+                    Transport.close_when_done(self)
                 return
         finally:
             self._busy = False
