@@ -935,6 +935,40 @@ def test_regular_file_dispatcher(fast, use_poll, tmp_path):
     assert not asyncore.socket_map
 
 
+def test_regular_file_that_stops_and_resumes_wanting(fast, use_poll, tmp_path):
+    path = tmp_path / "data"
+    path.write_bytes(b"abcdef")
+    fd = os.open(path, os.O_RDONLY)
+    got = []
+
+    class Reader(asyncore.file_dispatcher):
+        wanted = True
+
+        def readable(self):
+            return self.wanted
+
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            got.append(self.recv(2))
+            self.wanted = False  # one piece, then nothing until asked again
+
+        def handle_close(self):
+            self.close()
+
+    reader = Reader(fd)
+    os.close(fd)
+    try:
+        asyncore.loop(timeout=0.01, use_poll=use_poll, count=3)
+        assert got == [b"ab"]  # not reported while it wants nothing
+        reader.wanted = True
+        asyncore.loop(timeout=0.01, use_poll=use_poll, count=1)
+        assert got == [b"ab", b"cd"]
+    finally:
+        reader.close()
+
+
 def test_nested_loop_takes_the_original_path(fast_only, use_poll):
     a, b = socket.socketpair()
     c, d_ = socket.socketpair()

@@ -1247,7 +1247,9 @@ if hasattr(select, "epoll"):
             if want == have:
                 return
             if fd in self._unpollable:
-                pass  # not in the epoll set: _wait() reports it ready
+                # Not in the epoll set: _wait() reports it ready while wanted.
+                if not want:
+                    self._unpollable.discard(fd)
             elif not want:
                 self._unregister(fd)
             else:
