@@ -62,6 +62,10 @@ __all__ = ["async_chat", "simple_producer", "fifo", "find_prefix_at_end"]
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
+# A consumed read longer than this is let go at once (the framer would keep
+# it until the next read); a shorter one is not worth the reset.
+_KEEP_AT_MOST = 4096
+
 
 class simple_producer(_chat.simple_producer):  # noqa: N801 - the asynchat name
     """Hands out ``data`` in pieces of at most ``buffer_size`` bytes.
@@ -132,6 +136,7 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
     # channels need none); _framed_with is the terminator it was last given.
     _framer = None
     _framed_with = None
+    _ac_replaced = None  # a new object each time ac_in_buffer is assigned
     terminator = None
 
     def __init__(self, sock=None, map=None):
@@ -154,6 +159,7 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
 
     @ac_in_buffer.setter
     def ac_in_buffer(self, data):
+        self._ac_replaced = object()  # handle_read sees that it changed
         framer = self._framer
         if framer is None:
             if not data:
@@ -239,22 +245,34 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
                     int(terminator) if isinstance(terminator, bool) else terminator
                 )
                 self._framed_with = terminator
-            data = next_event()
-            if data is None:
+            piece = next_event()
+            if piece is None:
                 break
-            if data is _END:
-                self.found_terminator()
-                continue
-            self.collect_incoming_data(data)
-            if terminator and isinstance(terminator, int):
-                # The count goes down as the original does it: from the
-                # attribute as the callback left it, and 0 once reached
-                # (the framer's END comes next then).
-                left = framer.get_terminator()
-                self.terminator = self.terminator - len(data) if left else 0
-                if self.terminator == left:
-                    self._framed_with = self.terminator
-        if not framer.buffered:
+            if piece is not _END:
+                replaced = self._ac_replaced
+                self.collect_incoming_data(piece)
+                if terminator and isinstance(terminator, int):
+                    # The count goes down as the original does it: from
+                    # the attribute as the callback left it, and 0 once
+                    # reached (the framer's END comes next then).
+                    left = framer.get_terminator()
+                    self.terminator = self.terminator - len(piece) if left else 0
+                    if self.terminator == left:
+                        self._framed_with = self.terminator
+                # Right after a piece the framer has its frame's end or
+                # nothing (it frames no new input before it is asked again),
+                # so the end is taken without asking the terminator, as the
+                # original calls found_terminator() right after the piece.
+                # Unless the callback replaced the input: then the next turn
+                # frames it afresh.
+                if (
+                    not terminator  # no frame ends: nothing more to take
+                    or replaced is not self._ac_replaced
+                    or next_event() is not _END
+                ):
+                    continue
+            self.found_terminator()
+        if len(data) > _KEEP_AT_MOST and not framer.buffered:
             framer.reset()  # let a big input go once it is all consumed
 
     def handle_write(self):
