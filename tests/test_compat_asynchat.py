@@ -264,6 +264,24 @@ def test_str_producer_with_use_encoding(cmap):
     assert q.more() == b"abcd" and q.data == b"ef"  # what is left, as asynchat's
 
 
+class Replacer(Recorder):
+    """Replaces the unframed input from inside collect_incoming_data."""
+
+    def collect_incoming_data(self, data):
+        Recorder.collect_incoming_data(self, data)
+        if data == b"old":
+            self.ac_in_buffer = b"new\r\n"
+
+
+def test_input_replaced_in_collect(cmap):
+    c = make(cmap, cls=Replacer)
+    feed(c, [b"old\r\nlost"])
+    # The frame whose piece was delivered still ends, as with the original;
+    # the replaced input is framed afresh, with nothing of the old left.
+    assert frames(c.events) == ([b"old", b"new"], b"")
+    assert c.ac_in_buffer == b""
+
+
 class Switcher(Recorder):
     """Header line, then a counted body, then lines again (HTTP-like)."""
 

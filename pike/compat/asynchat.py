@@ -136,7 +136,6 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
     # channels need none); _framed_with is the terminator it was last given.
     _framer = None
     _framed_with = None
-    _ac_replaced = None  # a new object each time ac_in_buffer is assigned
     terminator = None
 
     def __init__(self, sock=None, map=None):
@@ -159,7 +158,6 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
 
     @ac_in_buffer.setter
     def ac_in_buffer(self, data):
-        self._ac_replaced = object()  # handle_read sees that it changed
         framer = self._framer
         if framer is None:
             if not data:
@@ -249,27 +247,21 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
             if piece is None:
                 break
             if piece is not _END:
-                replaced = self._ac_replaced
+                # Right after a piece the framer holds its frame's end or
+                # nothing (it frames no new input before it is asked again):
+                # taken now, the end is the original's, whatever the
+                # callback does to the terminator or to ac_in_buffer.
+                end = terminator and next_event() is _END
                 self.collect_incoming_data(piece)
                 if terminator and isinstance(terminator, int):
                     # The count goes down as the original does it: from
                     # the attribute as the callback left it, and 0 once
-                    # reached (the framer's END comes next then).
+                    # reached.
                     left = framer.get_terminator()
                     self.terminator = self.terminator - len(piece) if left else 0
                     if self.terminator == left:
                         self._framed_with = self.terminator
-                # Right after a piece the framer has its frame's end or
-                # nothing (it frames no new input before it is asked again),
-                # so the end is taken without asking the terminator, as the
-                # original calls found_terminator() right after the piece.
-                # Unless the callback replaced the input: then the next turn
-                # frames it afresh.
-                if (
-                    not terminator  # no frame ends: nothing more to take
-                    or replaced is not self._ac_replaced
-                    or next_event() is not _END
-                ):
+                if not end:
                     continue
             self.found_terminator()
         if len(data) > _KEEP_AT_MOST and not framer.buffered:
