@@ -77,11 +77,13 @@ _BYTES_LIKE = (bytes, bytearray, memoryview)
 class simple_producer:  # noqa: N801 - the asynchat name
     """A producer of ``data`` in pieces of at most ``buffer_size`` bytes.
 
-    :meth:`more` returns the next piece, and ``b""`` once all was produced.
-    ``data`` is any bytes-like object; a mutable one is copied.
+    :meth:`more` returns the next piece, and ``b""`` once all was produced;
+    :attr:`data` is what is left. ``data`` is any bytes-like object; a
+    mutable one is copied. (The one producer class: ``asynchat``'s drop-in
+    in :mod:`pike.compat.asynchat` is this class, also taking ``str``.)
     """
 
-    __slots__ = ("data", "buffer_size", "_offset")
+    __slots__ = ("_data", "buffer_size", "_offset")
 
     def __init__(self, data: BytesLike, buffer_size: int = 512) -> None:
         if not isinstance(data, _BYTES_LIKE):
@@ -90,14 +92,25 @@ class simple_producer:  # noqa: N801 - the asynchat name
             )
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be positive, not {buffer_size}")
-        self.data = bytes(data)
+        self._data = bytes(data)
         self.buffer_size = buffer_size
         self._offset = 0
 
-    def more(self) -> bytes:
-        """The next piece of the data, or ``b""`` at the end."""
+    @property
+    def data(self) -> bytes:
+        """What has not been produced yet."""
         start = self._offset
-        data = self.data
+        return self._data[start:] if start else self._data
+
+    @data.setter
+    def data(self, data: bytes) -> None:
+        self._data = data
+        self._offset = 0
+
+    def more(self) -> bytes:
+        """The next piece of the data, or an empty one at the end."""
+        start = self._offset
+        data = self._data
         if start == 0 and len(data) <= self.buffer_size:
             self._offset = len(data)
             return data
@@ -294,9 +307,13 @@ class Chat(Transport):
         """Close once everything in the producer FIFO and the write buffer
         has been sent.
 
-        Puts None on the producer FIFO; when it comes up and the write buffer
-        is empty :meth:`handle_close` is called (which closes by default).
-        Data pushed afterwards is never sent.
+        Puts None on the producer FIFO; when it comes up, the connection
+        closes as :meth:`Transport.close_when_done
+        <pike.transport.Transport.close_when_done>` closes it: with
+        :meth:`close` once the write buffer is empty (one meaning for one
+        name; :meth:`handle_close` is for ends the connection did not ask
+        for, so a ``handle_close`` may itself push a last answer and call
+        this). Data pushed afterwards is never sent.
         """
         self.producer_fifo.append(None)
         if not self._busy:
@@ -363,12 +380,11 @@ class Chat(Transport):
                     else:
                         self.writelines(batch)
                     continue
-                # The FIFO is empty, or None (close_when_done) is at its head.
-                if not fifo or self.get_write_buffer_size():
-                    return  # the write buffer drains first: handle_write comes back
-                fifo.popleft()
-                self._busy = False
-                self.handle_close()
+                # The FIFO is empty, or None (close_when_done) is at its head:
+                # Transport closes once its write buffer drained. The None
+                # stays, so what is pushed after it is never sent.
+                if fifo:
+                    Transport.close_when_done(self)
                 return
         finally:
             self._busy = False

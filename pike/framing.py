@@ -74,6 +74,7 @@ __all__ = [
     "END",
     "FrameTooLarge",
     "Framer",
+    "prefix_at_end",
 ]
 
 #: Default :attr:`Framer.max_frame_size`, 1 MiB.
@@ -115,6 +116,27 @@ class FrameTooLarge(ValueError):
             f"frame too large: more than {limit} bytes arrived without the "
             f"terminator {terminator!r} (max_frame_size={limit})"
         )
+
+
+def prefix_at_end(haystack: Any, needle: Any, start: int = 0) -> int:
+    """Length of the longest proper prefix of ``needle`` that ends ``haystack[start:]``.
+
+    The part of the input that may be the start of a terminator split across
+    two reads: ``prefix_at_end(b"qwerty\\r", b"\\r\\n") == 1``. Works on
+    ``bytes`` and on ``str`` (both arguments of one type) and makes no slice
+    of ``haystack``. (asynchat's ``find_prefix_at_end`` is this function.)
+    """
+    size = len(needle) - 1
+    if size <= 0 or len(haystack) <= start:
+        return 0
+    # Most input does not end in a character of the needle: one C-level
+    # look-up settles it.
+    if needle.find(haystack[-1:], 0, size) < 0:
+        return 0
+    for length in range(min(size, len(haystack) - start), 0, -1):
+        if haystack.endswith(needle[:length]):
+            return length
+    return 0
 
 
 def _as_terminator(term: Any) -> Tuple[int, Any]:
@@ -328,7 +350,7 @@ class Framer:
             self.bytes_examined += size - pos
             end = size
             if tlen > 1 and not self._eof:
-                end -= self._prefix_at_end(buf, pos, term, tlen)
+                end -= prefix_at_end(buf, term, pos)
             count = end - pos
             limit = self.max_frame_size
             if limit is not None and self._frame + count > limit:
@@ -374,18 +396,6 @@ class Framer:
             yield event
 
     # -- helpers -------------------------------------------------------------
-
-    @staticmethod
-    def _prefix_at_end(buf: bytes, pos: int, term: bytes, tlen: int) -> int:
-        """Length of the longest proper prefix of ``term`` that ends ``buf[pos:]``."""
-        # Most input does not end in a byte of the terminator: one C-level
-        # look-up settles it.
-        if term.find(buf[-1], 0, tlen - 1) < 0:
-            return 0
-        for length in range(min(tlen - 1, len(buf) - pos), 0, -1):
-            if buf.endswith(term[:length]):
-                return length
-        return 0
 
     def _over_limit(self, buf: bytes, pos: int) -> bytes:
         """Deliver the content up to the limit, then fail."""

@@ -246,7 +246,7 @@ def child(args):
                 return 0
     result["asyncore_file"] = getattr(module, "__file__", None)
     if args.module == "pike":
-        result["fast_path"] = bool(module._FAST_PATH and module._MapPoller is not None)
+        result["fast_path"] = bool(module._FAST_PATH and module._MapEngine is not None)
 
     name = "test_asyncore"
     spec = importlib.util.spec_from_file_location(name, args.test_file)

@@ -211,7 +211,7 @@ def test_push_before_connect(poller):
         )
         assert listener.accepted[0].frames == [b"early", b"producer"]
         run_until(poller, lambda: client.closed, what="the client to close")
-        assert client.closes == 1
+        assert client.closes == 0  # close_when_done closes; handle_close is not called
     finally:
         client.close()
         for chat in listener.accepted:
@@ -333,7 +333,7 @@ def test_frame_too_large_hook_can_reply(poller):
         peer.sendall(b"ok\r\n" + b"y" * 5000)
         run_until(poller, reader.pump_until_eof, what="the reply and EOF")
         assert bytes(reader.data) == b"ok\r\nERR line too long\r\n"
-        assert chat.closed and chat.closes == 1
+        assert chat.closed and chat.closes == 0  # closed by close_when_done
 
 
 # -- output and producers ---------------------------------------------------------
@@ -429,14 +429,14 @@ def test_close_when_done_after_pending_producers(poller):
         rest = data[6 + len(big) :]
         assert len(rest) == 3 << 20
         assert hashlib.sha256(rest).digest() == producer.digest.digest()
-        assert chat.closed and chat.closes == 1 and chat.fileno() == -1
+        assert chat.closed and chat.closes == 0 and chat.fileno() == -1
         assert not chat.producer_fifo
 
 
 def test_close_when_done_with_nothing_pending(poller):
     with chat_and_peer(poller, RecordingChat) as (chat, peer):
         chat.close_when_done()
-        assert chat.closed and chat.closes == 1
+        assert chat.closed and chat.closes == 0  # as Transport.close_when_done
         assert peer.recv(10) == b""
 
 
@@ -453,7 +453,7 @@ def test_none_in_the_fifo_means_close(poller):
         reader = PeerReader(peer)
         run_until(poller, reader.pump_until_eof)
         assert bytes(reader.data) == b"abc"
-        assert chat.closed and chat.closes == 1
+        assert chat.closed and chat.closes == 0
 
 
 def test_peer_reset_while_producing(poller):
@@ -591,3 +591,23 @@ def test_simple_producer():
     big = bytes(range(256)) * 40
     p = simple_producer(big, 512)
     assert b"".join(iter(p.more, b"")) == big
+
+
+def test_handle_close_may_answer_and_close_when_done(poller):
+    """close_when_done closes (as Transport's does): a handle_close that
+    pushes a last answer and calls it runs once, and the answer leaves."""
+
+    class Lingering(RecordingChat):
+        def handle_close(self):
+            self.closes += 1
+            if self.closed:
+                return
+            self.push(b"bye\r\n")
+            self.close_when_done()
+
+    with chat_and_peer(poller, Lingering) as (chat, peer):
+        peer.shutdown(socket.SHUT_WR)
+        reader = PeerReader(peer)
+        run_until(poller, reader.pump_until_eof, what="the answer, then EOF")
+        assert bytes(reader.data) == b"bye\r\n"
+        assert chat.closed and chat.closes == 1

@@ -6,11 +6,15 @@ not reach (framing under every split, callbacks that change the framing,
 the ac_in_buffer view, output queue behaviour) on real socket pairs.
 """
 
+import gc
 import random
 import socket
+import sys
 import time
 
 import pytest
+
+import pike.chat
 
 from pike.compat import asynchat, asyncore
 
@@ -193,6 +197,89 @@ def test_none_terminator_everything_is_data(cmap):
     c = make(cmap, terminator=None)
     feed(c, [b"a\r\nb", b"c"])
     assert c.events == [("data", b"a\r\nb"), ("data", b"c")]
+
+
+class CountChanger(Recorder):
+    """Changes a count terminator from inside collect_incoming_data."""
+
+    def collect_incoming_data(self, data):
+        Recorder.collect_incoming_data(self, data)
+        if self.get_terminator() == 10:
+            self.set_terminator(4)  # the original then counts 4 - len(data)
+
+
+def test_count_changed_in_collect_counts_from_the_new_value(cmap):
+    c = make(cmap, cls=CountChanger, terminator=10)
+    feed(c, [b"ab"])
+    assert c.get_terminator() == 2  # 4 - 2, as the original computes it
+    feed(c, [b"cdEF"])
+    assert frames(c.events) == ([b"abcd"], b"EF")
+    assert c.get_terminator() == 0
+
+
+def test_bool_and_fresh_terminator_objects(cmap):
+    c = make(cmap, terminator=True)  # an int to asynchat: a count of 1
+    feed(c, [b"xy"])
+    assert frames(c.events) == ([b"x"], b"y")
+
+    class Fresh(Recorder):
+        def get_terminator(self):
+            return bytes(bytearray(b"\r\n"))  # a new object on every call
+
+    c = make(cmap, cls=Fresh)
+    feed(c, [b"a\r", b"\nb\r", b"\n"])
+    assert frames(c.events) == ([b"a", b"b"], b"")
+
+
+def test_bad_terminator_reaches_handle_error(cmap):
+    c = make(cmap)
+    errors = []
+    c.handle_error = lambda: errors.append(sys.exc_info()[0])
+    c.terminator = "\r\n"  # str without use_encoding: cannot frame bytes
+    c.socket.chunks.append(b"a\r\n")
+    asyncore.read(c)  # what the loop does: the error goes to handle_error
+    assert errors == [TypeError]
+    assert c.events == []
+
+
+def test_consumed_input_is_released(cmap):
+    c = make(cmap, terminator=b"\n")
+    feed(c, [b"x" * 60000 + b"\n"])
+    assert c.ac_in_buffer == b""
+    # The framer keeps no reference to the 60 KB read once it is consumed.
+    held = [o for o in gc.get_referents(c._framer) if isinstance(o, bytes) and len(o) > 1000]
+    assert held == []
+
+
+def test_str_producer_with_use_encoding(cmap):
+    c = make(cmap)
+    c.use_encoding = 1
+    p = asynchat.simple_producer("h\xe9llo", buffer_size=2)
+    assert isinstance(p, pike.chat.simple_producer)  # the one producer class
+    c.push_with_producer(p)
+    while c.writable() and c.producer_fifo:
+        c.initiate_send()
+    assert b"".join(c.socket.sent) == "h\xe9llo".encode("latin-1")
+    q = asynchat.simple_producer(b"abcdef", buffer_size=4)
+    assert q.more() == b"abcd" and q.data == b"ef"  # what is left, as asynchat's
+
+
+class Replacer(Recorder):
+    """Replaces the unframed input from inside collect_incoming_data."""
+
+    def collect_incoming_data(self, data):
+        Recorder.collect_incoming_data(self, data)
+        if data == b"old":
+            self.ac_in_buffer = b"new\r\n"
+
+
+def test_input_replaced_in_collect(cmap):
+    c = make(cmap, cls=Replacer)
+    feed(c, [b"old\r\nlost"])
+    # The frame whose piece was delivered still ends, as with the original;
+    # the replaced input is framed afresh, with nothing of the old left.
+    assert frames(c.events) == ([b"old", b"new"], b"")
+    assert c.ac_in_buffer == b""
 
 
 class Switcher(Recorder):

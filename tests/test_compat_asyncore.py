@@ -29,7 +29,7 @@ import pytest
 import pike.compat
 from pike.compat import asyncore
 
-HAS_EPOLL = asyncore._MapPoller is not None
+HAS_EPOLL = asyncore._MapEngine is not None
 
 # Peer sockets a test keeps open; closed when the test ends.
 _spare = []
@@ -394,14 +394,14 @@ def test_loop_over_more_than_1024_fds(fast_only, use_poll, custom_map):
     the_map = map if custom_map else asyncore.socket_map
     pingers = []
     runs = 0
-    real_run_once = asyncore._MapPoller.run_once
+    real_run_once = asyncore._MapEngine.run_once
 
     def counting_run_once(self, *args):
         nonlocal runs
         runs += 1
         return real_run_once(self, *args)
 
-    asyncore._MapPoller.run_once = counting_run_once
+    asyncore._MapEngine.run_once = counting_run_once
     try:
         for _ in range(pairs):
             a, b = socket.socketpair()
@@ -417,9 +417,9 @@ def test_loop_over_more_than_1024_fds(fast_only, use_poll, custom_map):
             assert time.monotonic() < deadline, "echo over 1120 channels stalled"
             asyncore.loop(timeout=0.5, use_poll=use_poll, map=map, count=5)
         assert runs > 0  # the epoll fast path ran
-        assert len(engine_for(the_map)._channels) == 2 * pairs
+        assert len(engine_for(the_map)) == 2 * pairs
     finally:
-        asyncore._MapPoller.run_once = real_run_once
+        asyncore._MapEngine.run_once = real_run_once
         asyncore.close_all(the_map)
         if saved:
             resource.setrlimit(resource.RLIMIT_NOFILE, saved)
@@ -493,7 +493,7 @@ def test_kernel_interest_changes_only_when_answers_change(fast_only, use_poll):
         # iteration), and the poller forgot them.
         assert sorted(fd for _, fd in calls[3:]) == fds
         assert {name for name, _ in calls[3:]} == {"_unregister"}
-        assert len(engine._channels) == 0
+        assert len(engine) == 0
     finally:
         b.close()
 
@@ -516,17 +516,17 @@ def test_close_unregisters_before_the_fd_closes(fast_only):
         seen = []
         real = engine._unregister
 
-        def unregister(fd, old):
+        def unregister(fd):
             # The fd must still be open: epoll forgets a closed fd only when
             # no other descriptor shares its file.
             seen.append(os.fstat(fd) is not None)
-            return real(fd, old)
+            return real(fd)
 
         engine._unregister = unregister
         fd = d._fileno
         d.close()
         assert seen == [True]
-        assert fd not in engine._channels
+        assert engine.watched(fd) is None
     finally:
         b.close()
 
@@ -711,8 +711,8 @@ def test_exitnow_escapes_and_the_loop_is_reusable(fast, use_poll):
         asyncore.loop(timeout=0.01, use_poll=use_poll, count=1)
         assert d.data == b"x"
         if fast:
-            assert engine_for(asyncore.socket_map)._in_use.acquire(False)
-            engine_for(asyncore.socket_map)._in_use.release()
+            assert engine_for(asyncore.socket_map).in_use.acquire(False)
+            engine_for(asyncore.socket_map).in_use.release()
     finally:
         b.close()
 
@@ -935,6 +935,40 @@ def test_regular_file_dispatcher(fast, use_poll, tmp_path):
     assert not asyncore.socket_map
 
 
+def test_regular_file_that_stops_and_resumes_wanting(fast, use_poll, tmp_path):
+    path = tmp_path / "data"
+    path.write_bytes(b"abcdef")
+    fd = os.open(path, os.O_RDONLY)
+    got = []
+
+    class Reader(asyncore.file_dispatcher):
+        wanted = True
+
+        def readable(self):
+            return self.wanted
+
+        def writable(self):
+            return False
+
+        def handle_read(self):
+            got.append(self.recv(2))
+            self.wanted = False  # one piece, then nothing until asked again
+
+        def handle_close(self):
+            self.close()
+
+    reader = Reader(fd)
+    os.close(fd)
+    try:
+        asyncore.loop(timeout=0.01, use_poll=use_poll, count=3)
+        assert got == [b"ab"]  # not reported while it wants nothing
+        reader.wanted = True
+        asyncore.loop(timeout=0.01, use_poll=use_poll, count=1)
+        assert got == [b"ab", b"cd"]
+    finally:
+        reader.close()
+
+
 def test_nested_loop_takes_the_original_path(fast_only, use_poll):
     a, b = socket.socketpair()
     c, d_ = socket.socketpair()
@@ -1054,6 +1088,33 @@ def test_forked_child_gets_its_own_poller(fast_only):
         # The parent's poller is intact (the child did not unregister).
         b.send(b"p")
         loop_until(lambda: d.data.endswith(b"p"))
+        assert engine_for(asyncore.socket_map) is parent_engine
+    finally:
+        b.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_close_in_a_forked_child_leaves_the_parents_epoll_set(fast_only, use_poll):
+    # The child's engine shares the parent's epoll set: a dispatcher closed
+    # there (before any loop of the child's own) must not unregister the fd
+    # from the parent's set, or the parent would never hear of it again.
+    a, b = socket.socketpair()
+    try:
+        d = Recorder(a)
+        asyncore.loop(timeout=0.0, use_poll=use_poll, count=1)
+        parent_engine = engine_for(asyncore.socket_map)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child
+            status = 1
+            try:
+                d.close()
+                status = 0
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0
+        b.send(b"p")
+        loop_until(lambda: d.data.endswith(b"p"), use_poll=use_poll)
         assert engine_for(asyncore.socket_map) is parent_engine
     finally:
         b.close()

@@ -19,7 +19,7 @@ import pytest
 
 from pike.compat import asynchat, asyncore
 
-pytestmark = pytest.mark.skipif(asyncore._MapPoller is None, reason="no epoll here")
+pytestmark = pytest.mark.skipif(asyncore._MapEngine is None, reason="no epoll here")
 
 LIMIT_S = 5.0  # every wait loop below gives up after this
 
@@ -380,7 +380,7 @@ def test_readable_that_raises_leaves_the_other_suspects_asked(incremental, use_p
     asyncore.loop(timeout=0.0, use_poll=use_poll, map=map, count=1)
     engine = asyncore._engines[id(map)]
     for channel in chans[1:]:
-        assert engine._channels[channel._fileno]._write_armed is True
+        assert engine.watched(channel._fileno)[1] is True
 
 
 def test_unhashable_readable_makes_a_watched_class():
@@ -418,7 +418,7 @@ def test_sweep_that_raises_is_done_again(incremental, use_poll, monkeypatch):
         object.__setattr__(channel, "out", b"x")  # no hints either
     asyncore.loop(timeout=0.0, use_poll=use_poll, map=map, count=1)
     for channel in chans:
-        assert engine._channels[channel._fileno]._write_armed is True
+        assert engine.watched(channel._fileno)[1] is True
 
 
 def test_entry_filed_under_another_fd_is_asked_every_time(incremental, use_poll):
@@ -430,10 +430,10 @@ def test_entry_filed_under_another_fd_is_asked_every_time(incremental, use_poll)
         map[alias] = channel  # filed under an fd that is not its _fileno
         asyncore.loop(timeout=0.0, use_poll=use_poll, map=map, count=1)
         engine = asyncore._engines[id(map)]
-        assert any(slot._fileno == alias for slot in engine._always)
+        assert any(slot.fd == alias for slot in engine._always)
         object.__setattr__(channel, "out", b"x")  # no hint reaches this map
         asyncore.loop(timeout=0.0, use_poll=use_poll, map=map, count=1)
-        assert engine._channels[alias]._write_armed is True
+        assert engine.watched(alias)[1] is True
     finally:
         map.clear()
         asyncore.close_all(map)

@@ -26,13 +26,16 @@ can see follows the 3.11 module:
 * ``readable()`` is always true, ``writable()`` is true while output is
   queued or the socket is not connected yet.
 
-The one difference is inside :meth:`async_chat.handle_read`: the original
-cuts the consumed part off the front of its input buffer after every frame,
-which copies the rest of the buffer each time (quadratic in the number of
-frames one ``recv()`` brings). Here the buffer is kept with a read position
-and ``ac_in_buffer`` is a property that shows (and replaces) exactly the
-unconsumed part, so a callback that reads or assigns it sees what it would
-see with the original, and one read of many short lines costs linear time.
+Input is framed by :class:`pike.framing.Framer`, the framing core that
+:class:`pike.chat.Chat` uses too (without a frame-size limit here, as the
+original has none). The one difference a caller may see is how the input
+buffer is kept: the original cuts the consumed part off the front of its
+buffer after every frame, which copies the rest of the buffer each time
+(quadratic in the number of frames one ``recv()`` brings); the framer keeps
+a read position instead, and ``ac_in_buffer`` is a property that shows (and
+replaces) exactly the unconsumed part, so one read of many short lines costs
+linear time. (Inside ``collect_incoming_data()`` it already excludes the
+piece being delivered and the terminator after it.)
 
 No buffer here grows without the application: the input buffer holds at
 most ``ac_in_buffer_size`` bytes plus a terminator prefix, and frame
@@ -46,7 +49,11 @@ test-suite; no code is taken from it.
 
 from collections import deque
 
+from pike import chat as _chat
 from pike.compat import asyncore
+from pike.framing import END as _END
+from pike.framing import Framer as _Framer
+from pike.framing import prefix_at_end as find_prefix_at_end
 
 # Tells asyncore's loop that a channel's writable() answer may have changed.
 _touch = asyncore._touch
@@ -55,46 +62,27 @@ __all__ = ["async_chat", "simple_producer", "fifo", "find_prefix_at_end"]
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 
+# A consumed read longer than this is let go at once (the framer would keep
+# it until the next read); a shorter one is not worth the reset.
+_KEEP_AT_MOST = 4096
 
-def find_prefix_at_end(haystack, needle):
-    """Length of the longest proper prefix of ``needle`` that ends ``haystack``.
 
-    ``find_prefix_at_end(b"qwerty\\r", b"\\r\\n") == 1``. Works on ``str``
-    as well as on ``bytes``.
+class simple_producer(_chat.simple_producer):  # noqa: N801 - the asynchat name
+    """Hands out ``data`` in pieces of at most ``buffer_size`` bytes.
+
+    :class:`pike.chat.simple_producer`, taking ``str`` as well: asynchat
+    code with ``use_encoding`` set may produce text, which
+    :meth:`async_chat.initiate_send` encodes.
     """
-    size = len(needle) - 1
-    while size > 0:
-        if haystack.endswith(needle[:size]):
-            return size
-        size -= 1
-    return 0
 
-
-def _prefix_at_end_from(buf, start, needle):
-    """find_prefix_at_end() on ``buf[start:]``, without making the slice."""
-    size = min(len(needle) - 1, len(buf) - start)
-    while size > 0:
-        if buf.endswith(needle[:size], start):
-            return size
-        size -= 1
-    return 0
-
-
-class simple_producer:  # noqa: N801 - the asynchat name
-    """Hands out ``data`` in pieces of at most ``buffer_size`` bytes."""
+    __slots__ = ()
 
     def __init__(self, data, buffer_size=512):
-        self.data = data
-        self.buffer_size = buffer_size
-
-    def more(self):
-        data = self.data
-        size = self.buffer_size
-        if len(data) > size:
-            self.data = data[size:]
-            return data[:size]
-        self.data = b""
-        return data
+        if isinstance(data, str):
+            super().__init__(b"", buffer_size)
+            self.data = data
+        else:
+            super().__init__(data, buffer_size)
 
 
 class fifo:  # noqa: N801 - the name older asynchat releases had
@@ -144,9 +132,10 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
     use_encoding = 0
     encoding = "latin-1"
 
-    # The input buffer is _ac_buf[_ac_pos:]; see the ac_in_buffer property.
-    _ac_buf = b""
-    _ac_pos = 0
+    # The input buffer lives in a Framer, made at the first input (idle
+    # channels need none); _framed_with is the terminator it was last given.
+    _framer = None
+    _framed_with = None
     terminator = None
 
     def __init__(self, sock=None, map=None):
@@ -164,15 +153,23 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
     @property
     def ac_in_buffer(self):
         """The input received and not yet framed."""
-        pos = self._ac_pos
-        if pos:
-            return self._ac_buf[pos:]
-        return self._ac_buf
+        framer = self._framer
+        return b"" if framer is None else framer.pending()
 
     @ac_in_buffer.setter
     def ac_in_buffer(self, data):
-        self._ac_buf = data
-        self._ac_pos = 0
+        framer = self._framer
+        if framer is None:
+            if not data:
+                return
+            framer = self._new_framer()
+        framer.reset()
+        framer.feed(data)
+
+    def _new_framer(self):
+        framer = self._framer = _Framer(None, None)
+        self._framed_with = None
+        return framer
 
     @property
     def producer_fifo(self):
@@ -228,61 +225,47 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
 
         if isinstance(data, str) and self.use_encoding:
             data = bytes(data, self.encoding)
-        pos = self._ac_pos
-        if pos < len(self._ac_buf):
-            self._ac_buf = self._ac_buf[pos:] + data
-        else:
-            self._ac_buf = data
-        self._ac_pos = 0
+        framer = self._framer
+        if framer is None:
+            framer = self._new_framer()
+        framer.feed(data)
+        next_event = framer.next_event
 
         # Every callback below may change the terminator, replace or clear
-        # ac_in_buffer (discard_buffers), or close the channel: the state is
-        # read back from self on every turn, as the original reads it.
+        # ac_in_buffer (discard_buffers), or close the channel: the
+        # terminator is asked afresh before every piece, as the original
+        # asks it, and handed to the framer when it changed.
         while True:
-            buf = self._ac_buf
-            pos = self._ac_pos
-            left = len(buf) - pos
-            if left <= 0:
-                break
             terminator = self.get_terminator()
-            if not terminator:
-                # No frame ends: everything is data.
-                self.collect_incoming_data(buf[pos:] if pos else buf)
-                self.ac_in_buffer = b""
-            elif isinstance(terminator, int):
-                if left < terminator:
-                    self.collect_incoming_data(buf[pos:] if pos else buf)
-                    self.ac_in_buffer = b""
-                    self.terminator = self.terminator - left
-                else:
-                    end = pos + terminator
-                    self.collect_incoming_data(buf[pos:end])
-                    self._ac_buf = buf
-                    self._ac_pos = end
-                    self.terminator = 0
-                    self.found_terminator()
-            else:
-                index = buf.find(terminator, pos)
-                if index != -1:
-                    if index > pos:
-                        self.collect_incoming_data(buf[pos:index])
-                    self._ac_buf = buf
-                    self._ac_pos = index + len(terminator)
-                    self.found_terminator()
-                else:
-                    keep = _prefix_at_end_from(buf, pos, terminator)
-                    if keep:
-                        if keep != left:
-                            # Deliver all but what may begin a terminator.
-                            self.collect_incoming_data(buf[pos:len(buf) - keep])
-                            self._ac_buf = buf
-                            self._ac_pos = len(buf) - keep
-                        break
-                    self.collect_incoming_data(buf[pos:] if pos else buf)
-                    self.ac_in_buffer = b""
-        # Let a big buffer go once it is all consumed.
-        if self._ac_pos and self._ac_pos >= len(self._ac_buf):
-            self.ac_in_buffer = b""
+            if terminator is not self._framed_with:
+                # (bool is an int to asynchat; the framer wants a real one.)
+                framer.set_terminator(
+                    int(terminator) if isinstance(terminator, bool) else terminator
+                )
+                self._framed_with = terminator
+            piece = next_event()
+            if piece is None:
+                break
+            if piece is not _END:
+                # Right after a piece the framer holds its frame's end or
+                # nothing (it frames no new input before it is asked again):
+                # taken now, the end is the original's, whatever the
+                # callback does to the terminator or to ac_in_buffer.
+                end = terminator and next_event() is _END
+                self.collect_incoming_data(piece)
+                if terminator and isinstance(terminator, int):
+                    # The count goes down as the original does it: from
+                    # the attribute as the callback left it, and 0 once
+                    # reached.
+                    left = framer.get_terminator()
+                    self.terminator = self.terminator - len(piece) if left else 0
+                    if self.terminator == left:
+                        self._framed_with = self.terminator
+                if not end:
+                    continue
+            self.found_terminator()
+        if len(data) > _KEEP_AT_MOST and not framer.buffered:
+            framer.reset()  # let a big input go once it is all consumed
 
     def handle_write(self):
         self.initiate_send()

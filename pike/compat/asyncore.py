@@ -13,14 +13,14 @@ asyncore`` find it.
 Where it differs is speed, in :func:`loop`. The original rebuilds a
 ``select()`` (or ``poll()``) set from scratch on every iteration, which
 costs O(channels) system-call work and stops at fd 1024. Here ``loop()``
-keeps one pike epoll poller per map (:class:`_MapPoller`). A small map's
+keeps one epoll set per map (:class:`_MapEngine`). A small map's
 channels are all asked ``readable()`` and ``writable()`` on every
 iteration, as the original does; in a large map only the channels whose
 answers may have changed are asked (after an event of their own, a hint
 from compat's own methods, or an attribute assignment on a class that
 overrides the two), with a periodic full sweep as the safety net, so an
-iteration costs O(active channels). The kernel interest follows the answers
-lazily: an ``epoll_ctl`` call is made only for a channel whose answers
+iteration costs O(active channels). The kernel interest follows the
+answers: an ``epoll_ctl`` call is made only for a channel whose answers
 changed, and the wait costs O(ready channels) with no fd limit.
 The events are then dispatched with the original's semantics: in
 ``select`` mode (the default) as ``select()`` would report them (all reads,
@@ -48,8 +48,8 @@ Differences a caller can notice, all deliberate:
   its ``readable()`` / ``writable()`` answers change;
 * an event for an fd that was closed and reused during the same batch is
   dropped instead of reaching the new owner;
-* while a loop runs on a map, pike holds three fds for it (the epoll object
-  and its wake-up pipe); they are released when a ``loop()`` call returns
+* while a loop runs on a map, pike holds one fd for it (the epoll object);
+  it is released when a ``loop()`` call returns
   with the map empty, by :func:`close_all`, or when more than a handful of
   maps are in use.
 
@@ -82,7 +82,7 @@ from errno import (  # noqa: F401 - all of them asyncore names, as the stdlib's 
 import threading as _threading
 import weakref as _weakref
 
-from pike import poller as _pike_poller
+from pike.poller import MAX_WAIT as _MAX_WAIT
 from pike.errors import CONNECTION_LOST_ERRNOS as _CONNECTION_LOST_ERRNOS
 
 # The map channels live in unless one is passed explicitly.
@@ -262,7 +262,7 @@ def loop(timeout=30.0, use_poll=False, map=None, count=None):
                 poll_fun(timeout, map)
                 count -= 1
         return
-    engine._pending = True  # the caller ran code since the last call
+    engine.pending = True  # the caller ran code since the last call
     try:
         if count is None:
             while map:
@@ -553,7 +553,7 @@ class dispatcher:
 # -- which channels the fast path must ask again ---------------------------------
 #
 # The fast path asks a channel readable() / writable() again only when its
-# answers may have changed (see _MapPoller): after an event of its own,
+# answers may have changed (see _MapEngine): after an event of its own,
 # after one of compat's methods changed what it waits for (_touch), or
 # after any attribute of it was assigned, for classes whose own
 # readable() / writable() the loop cannot see through. A periodic full
@@ -611,14 +611,14 @@ def _touch(obj):
     map = state.get("_map")
     engine = _engines.get(id(map))
     if engine is not None and map.get(state.get("_fileno")) is obj:
-        engine._suspects[id(obj)] = obj
+        engine.suspects[id(obj)] = obj
 
 
 def _touch_in(map, obj, fd):
     engine = _engines.get(id(map))
-    # Only a channel in the map: the poller must not keep a closed one alive.
+    # Only a channel in the map: the engine must not keep a closed one alive.
     if engine is not None and map.get(fd) is obj:
-        engine._suspects[id(obj)] = obj
+        engine.suspects[id(obj)] = obj
 
 
 def _interest_changed(obj):
@@ -767,7 +767,7 @@ if os.name == "posix":
             self.add_channel()
 
 
-# -- the fast path: one pike epoll poller per map ----------------------------------
+# -- the fast path: one epoll set per map -----------------------------------------
 
 # What loop() may only bypass while nobody replaced it (checked per call).
 _select_module = select
@@ -818,15 +818,15 @@ _SWEEP_COST_RATIO = 50
 
 _monotonic = time.monotonic
 
-# At most this many maps keep a poller between loop() calls.
+# At most this many maps keep an engine between loop() calls.
 _MAX_ENGINES = 8
 
-_engines = {}  # id(map) -> _MapPoller; most recently used last
+_engines = {}  # id(map) -> _MapEngine; most recently used last
 _engines_lock = _threading.Lock()
 
 
 def _fast_path_allowed(poll_mode):
-    if not _FAST_PATH or _MapPoller is None:
+    if not _FAST_PATH or _MapEngine is None:
         return False
     if select is not _select_module or time is not _time_module:
         return False
@@ -848,15 +848,15 @@ def _fast_path_allowed(poll_mode):
 
 
 def _checkout(map, poll_mode):
-    """The poller for ``map``, locked for this thread; None: use the original."""
+    """The engine for ``map``, locked for this thread; None: use the original."""
     if not _fast_path_allowed(poll_mode):
         return None
     key = id(map)
     with _engines_lock:
         engine = _engines.pop(key, None)
         if engine is not None:
-            usable = not (engine._closed or engine._forked_away)
-            if not engine._in_use.acquire(False):
+            usable = not (engine.closed or engine.forked_away)
+            if not engine.in_use.acquire(False):
                 if usable:
                     # Another thread (or an outer loop() of this one) is
                     # driving this map: this call takes the original path.
@@ -867,26 +867,26 @@ def _checkout(map, poll_mode):
                 _engines[key] = engine  # most recently used
                 return engine
             else:
-                engine._in_use.release()
+                engine.in_use.release()
             engine.close()
         while len(_engines) >= _MAX_ENGINES:
             if not _evict_one():
                 return None
         try:
-            engine = _MapPoller(poll_mode)
+            engine = _MapEngine(poll_mode)
         except (OSError, ValueError):
             return None  # out of fds, say: the original path still works
-        engine._in_use.acquire()
+        engine.in_use.acquire()
         _engines[key] = engine
         return engine
 
 
 def _evict_one():
     for key, engine in list(_engines.items()):
-        if engine._in_use.acquire(False):
+        if engine.in_use.acquire(False):
             del _engines[key]
             engine.close()
-            engine._in_use.release()
+            engine.in_use.release()
             return True
     return False
 
@@ -899,36 +899,35 @@ def _checkin(map, engine):
                     del _engines[id(map)]
             engine.close()
     finally:
-        engine._in_use.release()
+        engine.in_use.release()
 
 
 def _release(map):
-    """Drop ``map``'s poller unless a loop is driving it right now."""
+    """Drop ``map``'s engine unless a loop is driving it right now."""
     with _engines_lock:
         engine = _engines.get(id(map))
-        if engine is None or not engine._in_use.acquire(False):
+        if engine is None or not engine.in_use.acquire(False):
             return
         del _engines[id(map)]
     try:
         engine.close()
     finally:
-        engine._in_use.release()
+        engine.in_use.release()
 
 
 def _forget(map, fd, obj):
-    """``obj`` left ``map``: unregister its fd from the map's poller now."""
+    """``obj`` left ``map``: unregister its fd from the map's engine now."""
     engine = _engines.get(id(map))
-    if engine is None:
-        return
-    engine._suspects.pop(id(obj), None)
-    slot = engine._channels.get(fd)
-    if slot is not None and slot.ref() is obj:
-        engine.del_channel(slot)
+    if engine is not None:
+        engine.forget(fd, obj)
 
 
 def _after_fork_in_child():
     global _engines_lock
     _engines_lock = _threading.Lock()
+    # The engines' epoll sets are shared with the parent: never touch them.
+    for engine in _engines.values():
+        engine.forked_away = True
 
 
 if hasattr(os, "register_at_fork"):
@@ -948,35 +947,30 @@ class _Strong:
 
 
 class _Slot:
-    """What the poller watches for one map entry (the channel interface).
+    """What the map's epoll set watches for one map entry.
 
-    ``_reading`` / ``_write_armed`` hold the last ``readable()`` /
-    ``writable()`` answers. The map entry is held weakly where it can be, so
-    a poller kept for a map never keeps a dropped map's channels alive.
+    ``reading`` / ``writing`` hold the last ``readable()`` / ``writable()``
+    answers (writing already excludes ``accepting``). The map entry is held
+    weakly where it can be, so an engine kept for a map never keeps a
+    dropped map's channels alive.
     """
 
-    __slots__ = ("_fileno", "_reading", "_write_armed", "ref")
-    _plain_read_event = False
+    __slots__ = ("fd", "reading", "writing", "ref")
 
     def __init__(self, fd, obj, reading, writing):
-        self._fileno = fd
-        self._reading = reading
-        self._write_armed = writing
+        self.fd = fd
+        self.reading = reading
+        self.writing = writing
         try:
             self.ref = _weakref.ref(obj)
         except TypeError:
             self.ref = _Strong(obj)
 
     def __repr__(self):
-        return "<asyncore slot fd=%s for %r>" % (self._fileno, self.ref())
+        return "<asyncore slot fd=%s for %r>" % (self.fd, self.ref())
 
 
-_EpollPoller = getattr(_pike_poller, "EpollPoller", None)
-
-if _EpollPoller is not None:
-    _READ = _pike_poller.READ
-    _MAX_WAIT = _pike_poller.MAX_WAIT
-    _WRITE = _pike_poller.WRITE
+if hasattr(select, "epoll"):
     _EPOLLIN = select.EPOLLIN
     _EPOLLOUT = select.EPOLLOUT
     _EPOLLPRI = select.EPOLLPRI
@@ -1000,14 +994,26 @@ if _EpollPoller is not None:
                 flags |= getattr(select, "POLL" + n)
         return flags
 
-    class _MapPoller(_EpollPoller):
-        """A pike epoll poller that drives one asyncore map.
+    class _MapEngine:
+        """One epoll set that drives one asyncore map.
+
+        Why not a :class:`pike.poller.Poller`: asyncore's contract is the
+        opposite of the poller's at every point that matters here. Channels
+        are fd numbers in a map, not objects that own their fd; interest is
+        level-triggered (``writable()`` is asked again and again), where the
+        poller's write notifications are one-shot; exceptional conditions
+        (``EPOLLPRI``) are watched; an fd closed behind its dispatcher is
+        reported to it as ``POLLNVAL`` instead of closing a channel; a
+        regular file is always ready, as ``select()`` says. And the loop has
+        no timers, no calls from other threads and nothing to wake it. So
+        the engine holds a ``select.epoll`` object itself and keeps the
+        kernel's interest in step with the answers, one ``epoll_ctl`` call
+        per real change, as the pollers do.
 
         :meth:`run_once` is one iteration of :func:`loop`: bring the slots
         up to date with the channels' ``readable()`` / ``writable()``
-        answers (the poller applies only the changed ones to the kernel,
-        just before it waits), wait, and dispatch with ``select()`` or
-        ``poll()`` semantics.
+        answers, wait, and dispatch with ``select()`` or ``poll()``
+        semantics.
 
         Which channels are asked depends on the map's size. A small map
         (and every map with ``PIKE_ASYNCORE_SWEEP=always``) is swept whole
@@ -1019,44 +1025,69 @@ if _EpollPoller is not None:
         map entries that are not dispatchers at all.
         """
 
-        name = "asyncore-epoll"
-
         def __init__(self, poll_mode):
             self.poll_mode = poll_mode
-            self._in_use = _threading.Lock()
-            self._map_now = None  # the map, during one iteration only
+            self.in_use = _threading.Lock()
+            self.closed = False
+            # Set in a forked child: the epoll set is the parent's too, and
+            # must never be changed from here.
+            self.forked_away = False
+            self.suspects = {}  # id(channel) -> channel, to ask again
+            self.pending = True  # see _wait_sweeping()
+            self._epoll = _select_module.epoll()
+            self._slots = {}  # fd -> _Slot
+            self._kernel = {}  # fd -> the epoll bits the kernel has now
             self._lost = []  # slots whose fd turned out to be closed
             self._unpollable = set()  # fds epoll refuses (regular files)
-            self._suspects = {}  # id(channel) -> channel, to ask again
             self._always = []  # slots of entries asked on every iteration
             self._next_sweep = 0.0  # time.monotonic() of the next full sweep
-            # Code that may have changed answers without a hint has run
-            # since the last full sweep (handlers, or the caller between
-            # loop() calls): the wait must end by the next sweep.
-            self._pending = True
-            super().__init__()
+            self._map_now = None  # the map, during one iteration only
+            # The epoll bits for (reading, writing): select() watches every
+            # fd it watches at all for exceptional conditions, poll2() only
+            # readable ones.
+            extra = 0 if poll_mode else _EPOLLPRI
+            self._bits = {
+                (False, False): 0,
+                (True, False): _EPOLLIN | _EPOLLPRI,
+                (False, True): _EPOLLOUT | extra,
+                (True, True): _EPOLLIN | _EPOLLPRI | _EPOLLOUT,
+            }
+
+        def close(self):
+            """Release the epoll object; idempotent."""
+            if self.closed:
+                return
+            self.closed = True
+            # (In a forked child this closes only the child's copy.)
+            self._epoll.close()
+            self._slots.clear()
+            self._kernel.clear()
+            self._unpollable.clear()
+            self._always = []
+            self.suspects = {}
+
+        def __len__(self):
+            return len(self._slots)
+
+        def watched(self, fd):
+            """``(reading, writing)`` as last asked for ``fd``, or None."""
+            slot = self._slots.get(fd)
+            return None if slot is None else (slot.reading, slot.writing)
 
         # -- one iteration ----------------------------------------------
 
         def run_once(self, map, timeout):
-            """One iteration of loop() over ``map``.
-
-            Poller.poll() is bypassed on purpose: this poller has no timers
-            and no queued calls, and the asyncore loop is hot enough for
-            their checks to show.
-            """
+            """One iteration of loop() over ``map``."""
             now = _monotonic()
             if self._sweep_due(map, now):
                 self._sweep(map, now)
             else:
                 self._ask_suspects(map)
-            if self._dirty:
-                self._apply_interest()
-            if not (self.poll_mode or self._registered or self._unpollable or self._lost):
+            if not (self.poll_mode or self._kernel or self._lost):
                 # Nobody waits for anything: poll() sleeps then. Unless a
                 # change may be unseen, when the sleep must end at the
                 # sweep: the epoll wait below does both.
-                if not self._pending or timeout is None:
+                if not self.pending or timeout is None:
                     time.sleep(timeout)
                     return
             if timeout is not None:
@@ -1065,7 +1096,7 @@ if _EpollPoller is not None:
             try:
                 events = self._wait_sweeping(map, timeout, now)
                 if events:
-                    self._pending = True
+                    self.pending = True
                     self._dispatch(events)
             finally:
                 self._map_now = None
@@ -1078,20 +1109,23 @@ if _EpollPoller is not None:
             if _SWEEP_MODE == "auto" and len(map) <= _SMALL_MAP:
                 return True
             # An entry came or went without the channel's own methods.
-            return len(map) != len(self._channels)
+            return len(map) != len(self._slots)
 
         def _wait_sweeping(self, map, timeout, now):
             """Wait up to ``timeout``, sweeping when the sweep falls due.
 
-            Without pending work the wait is the caller's; otherwise it is
-            cut at the next sweep, which runs, and the wait goes on for the
-            rest of ``timeout``: one loop() iteration still lasts as long
-            as the caller asked, however many sweeps it holds.
+            ``pending`` says that code which may have changed answers
+            without a hint ran since the last full sweep (handlers, or the
+            caller between loop() calls). Without it the wait is the
+            caller's; with it the wait is cut at the next sweep, which runs,
+            and the wait goes on for the rest of ``timeout``: one loop()
+            iteration still lasts as long as the caller asked, however many
+            sweeps it holds.
             """
             while True:
                 wait = timeout
                 cut = False
-                if self._pending:
+                if self.pending:
                     left = max(self._next_sweep - now, 0.0)
                     if wait is None or left < wait:
                         wait, cut = left, True
@@ -1103,14 +1137,13 @@ if _EpollPoller is not None:
                     timeout = max(timeout - (later - now), 0.0)
                 now = later
                 self._sweep(map, now)
-                if self._dirty:
-                    self._apply_interest()
 
         def _sweep(self, map, now):
             """Ask every channel of ``map``; the safety net of the hints."""
-            self._suspects = {}
+            self.suspects = {}
             always = []
             ask = self._ask
+            slots = self._slots
             entries = list(map.items())
             try:
                 for fd, obj in entries:
@@ -1126,7 +1159,7 @@ if _EpollPoller is not None:
                         # No hint can name it (not a dispatcher, its own
                         # readable/writable, or filed under another fd):
                         # asked every time. Its slot holds it weakly.
-                        slot = self._channels.get(fd)
+                        slot = slots.get(fd)
                         if slot is not None:  # (None: readable() closed it)
                             always.append(slot)
             except BaseException:
@@ -1135,23 +1168,23 @@ if _EpollPoller is not None:
                 self._next_sweep = 0.0
                 raise
             self._always = always
-            if len(self._channels) != len(entries):
+            if len(slots) != len(entries):
                 # Some channel left the map without del_channel().
-                for fd, slot in list(self._channels.items()):
+                for fd, slot in list(slots.items()):
                     obj = map.get(fd)
                     if obj is None or slot.ref() is not obj:
-                        self.del_channel(slot)
+                        self._drop(fd)
             # A big map is swept less often: the sweeps take at most a
             # 1/_SWEEP_COST_RATIO share of the loop's time.
             done = _monotonic()
             self._next_sweep = done + max(_SWEEP_INTERVAL, (done - now) * _SWEEP_COST_RATIO)
-            self._pending = False
+            self.pending = False
 
         def _ask_suspects(self, map):
-            suspects = self._suspects
+            suspects = self.suspects
             ask = self._ask
             if suspects:
-                self._suspects = {}
+                self.suspects = {}
                 pending = list(suspects.values())
                 for index, obj in enumerate(pending):
                     fd = getattr(obj, "_fileno", None)
@@ -1164,146 +1197,166 @@ if _EpollPoller is not None:
                         # loop(), as the original's does): the channels not
                         # asked yet stay suspects for the next call.
                         for rest in pending[index + 1:]:
-                            self._suspects[id(rest)] = rest
+                            self.suspects[id(rest)] = rest
                         raise
             for slot in self._always:
                 obj = slot.ref()
                 if obj is not None:
-                    ask(map, slot._fileno, obj)
+                    ask(map, slot.fd, obj)
 
         def _ask(self, map, fd, obj):
             """Ask ``obj`` (the entry of ``fd``) readable() then writable().
 
             As poll() does, a writable one is also asked whether it is
-            ``accepting``. Only a slot whose answers changed is marked dirty.
+            ``accepting``. The kernel is told only when the answers changed.
             """
             if map.get(fd) is not obj:
                 return  # left the map (or is not in this one)
             reading = True if obj.readable() else False
             writing = True if obj.writable() and not obj.accepting else False
-            slot = self._channels.get(fd)
+            slot = self._slots.get(fd)
             if slot is not None and slot.ref() is obj:
-                if slot._reading is not reading or slot._write_armed is not writing:
-                    slot._reading = reading
-                    slot._write_armed = writing
-                    self._dirty[fd] = slot
+                if slot.reading is reading and slot.writing is writing:
+                    return
+                slot.reading = reading
+                slot.writing = writing
             else:
                 if slot is not None:
-                    self.del_channel(slot)  # fd reused by another channel
-                self.add_channel(_Slot(fd, obj, reading, writing))
+                    self._drop(fd)  # fd reused by another channel
+                slot = self._slots[fd] = _Slot(fd, obj, reading, writing)
+            self._apply(fd, slot)
+
+        def forget(self, fd, obj):
+            """``obj`` left the map: stop watching its fd now, while it is open.
+
+            (epoll forgets a closed fd by itself only when no other
+            descriptor shares its file.)
+            """
+            self.suspects.pop(id(obj), None)
+            slot = self._slots.get(fd)
+            if slot is not None and slot.ref() is obj:
+                self._drop(fd)
 
         # -- the kernel --------------------------------------------------
 
-        def _kernel_mask(self, mask):
-            bits = 0
-            if mask & _READ:
-                bits |= _EPOLLIN | _EPOLLPRI
-            if mask & _WRITE:
-                bits |= _EPOLLOUT
-            if mask and not self.poll_mode:
-                # select() watches every fd it watches at all for
-                # exceptional conditions; poll2() only readable ones.
-                bits |= _EPOLLPRI
-            return bits
-
-        def _register(self, fd, mask):
-            try:
-                self._epoll.register(fd, self._kernel_mask(mask))
-            except PermissionError:
-                # A regular file: epoll refuses it, select() and poll()
-                # call it always ready. _wait() says so.
-                self._unpollable.add(fd)
-            except FileExistsError:
-                self._epoll.modify(fd, self._kernel_mask(mask))
-
-        def _modify(self, fd, old, new):
-            if fd in self._unpollable:
+        def _apply(self, fd, slot):
+            """Make the kernel watch ``fd`` for ``slot``'s answers."""
+            want = self._bits[slot.reading, slot.writing]
+            kernel = self._kernel
+            have = kernel.get(fd, 0)
+            if want == have:
                 return
+            if fd in self._unpollable:
+                # Not in the epoll set: _wait() reports it ready while wanted.
+                if not want:
+                    self._unpollable.discard(fd)
+            elif not want:
+                self._unregister(fd)
+            else:
+                try:
+                    if have:
+                        self._modify(fd, want)
+                    else:
+                        self._register(fd, want)
+                except PermissionError:
+                    # A regular file: epoll refuses it, select() and poll()
+                    # call it always ready. _wait() says so.
+                    self._unpollable.add(fd)
+                except (OSError, ValueError):
+                    # EBADF: the fd was closed behind the dispatcher's back.
+                    # Reported after this iteration's wait.
+                    del self._slots[fd]
+                    kernel.pop(fd, None)
+                    self._lost.append(slot)
+                    return
+            if want:
+                kernel[fd] = want
+            else:
+                kernel.pop(fd, None)
+
+        def _register(self, fd, bits):
             try:
-                self._epoll.modify(fd, self._kernel_mask(new))
+                self._epoll.register(fd, bits)
+            except FileExistsError:
+                self._epoll.modify(fd, bits)
+
+        def _modify(self, fd, bits):
+            try:
+                self._epoll.modify(fd, bits)
             except FileNotFoundError:
                 # The kernel dropped it (closed, and the number reused).
-                self._epoll.register(fd, self._kernel_mask(new))
+                self._epoll.register(fd, bits)
 
-        def _unregister(self, fd, old):
-            if fd in self._unpollable:
-                self._unpollable.discard(fd)
-                return
+        def _unregister(self, fd):
+            if self.forked_away:
+                return  # the parent's set: leave it alone
             try:
                 self._epoll.unregister(fd)
             except (OSError, ValueError):
                 pass  # closed already: the kernel forgot it by itself
 
-        def _lost_fd(self, fd, channel):
-            # Registering failed (EBADF): the fd was closed behind the
-            # dispatcher's back. Reported after this iteration's wait.
-            if self._channels.get(fd) is channel:
-                del self._channels[fd]
-            self._registered.pop(fd, None)
-            self._lost.append(channel)
+        def _drop(self, fd):
+            """Stop watching ``fd`` (its map entry left, or changed)."""
+            del self._slots[fd]
+            have = self._kernel.pop(fd, 0)
+            if fd in self._unpollable:
+                self._unpollable.discard(fd)
+            elif have and not self.closed:
+                self._unregister(fd)
+
+        def _mute(self, fd):
+            """Stop watching ``fd`` until its answers change (no spinning)."""
+            if self._kernel.pop(fd, 0):
+                self._unregister(fd)
 
         def _wait(self, timeout):
             if not (self._unpollable or self._lost):
                 return self._epoll.poll(-1 if timeout is None else timeout)
             ready = None
             if self._unpollable:
-                registered = self._registered
+                kernel = self._kernel
                 ready = []
                 for fd in self._unpollable:
-                    mask = registered.get(fd, 0)
-                    bits = (_EPOLLIN if mask & _READ else 0) | (
-                        _EPOLLOUT if mask & _WRITE else 0
-                    )
+                    bits = kernel.get(fd, 0) & (_EPOLLIN | _EPOLLOUT)
                     if bits:
                         ready.append((fd, bits))
             if ready or self._lost:
                 timeout = 0.0
-            events = super()._wait(timeout)
+            events = self._epoll.poll(-1 if timeout is None else timeout)
             if ready:
                 events = list(events)
                 events.extend(ready)
             return events
 
-        def _mute(self, fd):
-            """Stop watching ``fd`` until its answers change (no spinning)."""
-            have = self._registered.pop(fd, 0)
-            if have:
-                self._unregister(fd, have)
-
         # -- dispatch ----------------------------------------------------
 
         def _dispatch(self, events):
             map = self._map_now
-            channels = self._channels
-            waker_fd = self._waker_fd
-            suspects = self._suspects  # whoever gets an event is asked again
+            slots = self._slots
+            suspects = self.suspects  # whoever gets an event is asked again
             if self.poll_mode:
                 for fd, bits in events:
-                    slot = channels.get(fd)
+                    slot = slots.get(fd)
                     if slot is None:
-                        if fd == waker_fd:
-                            self._waker.clear()
                         continue
                     obj = slot.ref()
                     if obj is None or map.get(fd) is not obj:
                         continue
                     suspects[id(obj)] = obj
                     readwrite(obj, _epoll_to_poll(bits))
-                return len(events)
+                return
             readers = []
             writers = []
             excepts = []
             for fd, bits in events:
-                slot = channels.get(fd)
+                slot = slots.get(fd)
                 if slot is None:
-                    if fd == waker_fd:
-                        self._waker.clear()
                     continue
                 hit = False
-                if bits & _SELECT_READ and slot._reading:
+                if bits & _SELECT_READ and slot.reading:
                     readers.append(slot)
                     hit = True
-                if bits & _SELECT_WRITE and slot._write_armed:
+                if bits & _SELECT_WRITE and slot.writing:
                     writers.append(slot)
                     hit = True
                 if bits & _SELECT_EXCEPT:
@@ -1316,30 +1369,29 @@ if _EpollPoller is not None:
                     self._mute(fd)
             for batch, handler in ((readers, read), (writers, write), (excepts, _exception)):
                 for slot in batch:
-                    fd = slot._fileno
-                    if channels.get(fd) is not slot:
+                    fd = slot.fd
+                    if slots.get(fd) is not slot:
                         continue  # closed (or replaced) earlier in this batch
                     obj = slot.ref()
                     if obj is None or map.get(fd) is not obj:
                         continue
                     suspects[id(obj)] = obj
                     handler(obj)
-            return len(events)
 
         def _report_lost(self, map):
             lost, self._lost = self._lost, []
             for slot in lost:
                 obj = slot.ref()
-                if obj is not None and map.get(slot._fileno) is obj:
-                    self._suspects[id(obj)] = obj
+                if obj is not None and map.get(slot.fd) is obj:
+                    self.suspects[id(obj)] = obj
                     readwrite(obj, select.POLLNVAL)
 
         def __repr__(self):
             mode = "poll" if self.poll_mode else "select"
-            return "<asyncore map poller (%s semantics) %s>" % (
+            return "<asyncore map engine (%s semantics) %s>" % (
                 mode,
-                "closed" if self._closed else "%d channels" % len(self._channels),
+                "closed" if self.closed else "%d channels" % len(self._slots),
             )
 
 else:  # no epoll here: loop() always takes the original path
-    _MapPoller = None
+    _MapEngine = None
