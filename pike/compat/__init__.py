@@ -32,7 +32,7 @@ _MODULES = (
 
 _MISSING = object()
 # What sys.modules held under each name before install() replaced it.
-_saved = {}
+_saved: dict = {}
 
 
 def _exists(module_name):

@@ -47,6 +47,8 @@ Written from the documented behaviour of the 3.11 module and its
 test-suite; no code is taken from it.
 """
 
+from __future__ import annotations
+
 from collections import deque
 
 from pike import chat as _chat
@@ -54,6 +56,16 @@ from pike.compat import asyncore
 from pike.framing import END as _END
 from pike.framing import Framer as _Framer
 from pike.framing import prefix_at_end as find_prefix_at_end
+
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
+# The module's public names stay those of the standard library's: the
+# __future__ import above binds one more (the compiler flag stays set).
+del annotations
+
+if _TYPE_CHECKING:  # hints only: no typing cost at import
+    from typing import Any
+
 
 # Tells asyncore's loop that a channel's writable() answer may have changed.
 _touch = asyncore._touch
@@ -185,7 +197,7 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
 
     # -- what the application defines --------------------------------------
 
-    def collect_incoming_data(self, data):
+    def collect_incoming_data(self, data: Any) -> None:
         raise NotImplementedError("must be implemented in subclass")
 
     def _collect_incoming_data(self, data):
@@ -196,12 +208,12 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
         del self.incoming[:]
         return data
 
-    def found_terminator(self):
+    def found_terminator(self) -> None:
         raise NotImplementedError("must be implemented in subclass")
 
     # -- the terminator ---------------------------------------------------
 
-    def set_terminator(self, term):
+    def set_terminator(self, term: Any) -> None:
         """Set the input delimiter: bytes, an int count (>= 0), or None."""
         if isinstance(term, str) and self.use_encoding:
             term = bytes(term, self.encoding)
@@ -209,12 +221,12 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
             raise ValueError("the number of received bytes must be positive")
         self.terminator = term
 
-    def get_terminator(self):
+    def get_terminator(self) -> Any:
         return self.terminator
 
     # -- events -------------------------------------------------------------
 
-    def handle_read(self):
+    def handle_read(self) -> None:
         try:
             data = self.recv(self.ac_in_buffer_size)
         except BlockingIOError:
@@ -258,7 +270,7 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
                     # the attribute as the callback left it, and 0 once
                     # reached.
                     left = framer.get_terminator()
-                    self.terminator = self.terminator - len(piece) if left else 0
+                    self.terminator = self.terminator - len(piece) if left else 0  # type: ignore[operator]
                     if self.terminator == left:
                         self._framed_with = self.terminator
                 if not end:
@@ -267,15 +279,15 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
         if len(data) > _KEEP_AT_MOST and not framer.buffered:
             framer.reset()  # let a big input go once it is all consumed
 
-    def handle_write(self):
+    def handle_write(self) -> None:
         self.initiate_send()
 
-    def handle_close(self):
+    def handle_close(self) -> None:
         self.close()
 
     # -- output -------------------------------------------------------------
 
-    def push(self, data):
+    def push(self, data: Any) -> None:
         """Queue bytes-like ``data`` for sending and try to send now."""
         if not isinstance(data, _BYTES_LIKE):
             raise TypeError("data argument must be byte-ish (%r)" % type(data))
@@ -289,26 +301,26 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
         self.initiate_send()
         _touch(self)
 
-    def push_with_producer(self, producer):
+    def push_with_producer(self, producer: Any) -> None:
         """Queue a producer (an object with ``more()``) and try to send."""
         self.producer_fifo.append(producer)
         self.initiate_send()
         _touch(self)
 
-    def readable(self):
+    def readable(self) -> bool:
         """Always true: input is framed as it comes."""
-        return 1
+        return 1  # type: ignore[return-value] # (1, as asynchat itself returns)
 
-    def writable(self):
+    def writable(self) -> bool:
         """True while output is queued, or until the socket is connected."""
         return self._fifo or (not self.connected)
 
-    def close_when_done(self):
+    def close_when_done(self) -> None:
         """Close the channel once everything queued so far has been sent."""
         self.producer_fifo.append(None)
         _touch(self)
 
-    def initiate_send(self):
+    def initiate_send(self) -> None:
         """Send from the head of the output queue: at most one ``send()``."""
         fifo = self._fifo
         while fifo and self.connected:
@@ -350,7 +362,7 @@ class async_chat(asyncore.dispatcher):  # noqa: N801 - the asynchat name
             # One send per call; the loop calls again when writable.
             return
 
-    def discard_buffers(self):
+    def discard_buffers(self) -> None:
         """Drop the unframed input, the collected pieces and all queued output."""
         self.ac_in_buffer = b""
         del self.incoming[:]

@@ -57,6 +57,8 @@ Everything here is written from the documented behaviour of the 3.11 module
 and its test-suite; no code is taken from it.
 """
 
+from __future__ import annotations
+
 import os
 import select
 import socket
@@ -83,10 +85,21 @@ import threading as _threading
 import weakref as _weakref
 
 from pike.poller import MAX_WAIT as _MAX_WAIT
+
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
+# The module's public names stay those of the standard library's: the
+# __future__ import above binds one more (the compiler flag stays set).
+del annotations
+
+if _TYPE_CHECKING:  # hints only: no typing cost at import
+    from typing import Any, Dict
+
+    Map = Dict[int, Any]  # fd -> dispatcher (or any object with its methods)
 from pike.errors import CONNECTION_LOST_ERRNOS as _CONNECTION_LOST_ERRNOS
 
 # The map channels live in unless one is passed explicitly.
-socket_map = {}
+socket_map: dict = {}
 
 
 class ExitNow(Exception):
@@ -113,7 +126,7 @@ def _strerror(err):
 # -- calling one handler ------------------------------------------------------
 
 
-def read(obj):
+def read(obj: Any) -> None:
     """Call ``obj.handle_read_event()``; other errors go to ``handle_error``."""
     try:
         obj.handle_read_event()
@@ -123,7 +136,7 @@ def read(obj):
         obj.handle_error()
 
 
-def write(obj):
+def write(obj: Any) -> None:
     """Call ``obj.handle_write_event()``; other errors go to ``handle_error``."""
     try:
         obj.handle_write_event()
@@ -143,7 +156,7 @@ def _exception(obj):
         obj.handle_error()
 
 
-def readwrite(obj, flags):
+def readwrite(obj: Any, flags: int) -> None:
     """Dispatch one ``poll()`` result: ``flags`` are ``select.POLL*`` bits.
 
     Read, write and priority events go to their ``handle_*_event`` method in
@@ -175,7 +188,7 @@ def readwrite(obj, flags):
 # -- one iteration, the original way -------------------------------------------
 
 
-def poll(timeout=0.0, map=None):
+def poll(timeout: float = 0.0, map: Map | None = None) -> None:
     """One ``select()`` iteration over ``map`` (default: ``socket_map``).
 
     Each channel is asked ``readable()`` and ``writable()`` (a listening
@@ -210,7 +223,7 @@ def poll(timeout=0.0, map=None):
                 handler(obj)
 
 
-def poll2(timeout=0.0, map=None):
+def poll2(timeout: float = 0.0, map: Map | None = None) -> None:
     """One ``poll()`` iteration over ``map``; ``timeout`` is in seconds.
 
     Results are dispatched through :func:`readwrite`. Uses the module's
@@ -240,7 +253,9 @@ def poll2(timeout=0.0, map=None):
 poll3 = poll2  # the old name
 
 
-def loop(timeout=30.0, use_poll=False, map=None, count=None):
+def loop(
+    timeout: float = 30.0, use_poll: bool = False, map: Map | None = None, count: int | None = None
+) -> None:
     """Run iterations until ``map`` is empty, or ``count`` of them ran.
 
     ``timeout`` bounds each wait (seconds); ``use_poll`` asks for ``poll()``
@@ -337,13 +352,13 @@ class dispatcher:
 
     # -- the map ----------------------------------------------------------
 
-    def add_channel(self, map=None):
+    def add_channel(self, map: Map | None = None) -> None:
         if map is None:
             map = self._map
         map[self._fileno] = self
         _touch_in(map, self, self._fileno)
 
-    def del_channel(self, map=None):
+    def del_channel(self, map: Map | None = None) -> None:
         fd = self._fileno
         if map is None:
             map = self._map
@@ -357,18 +372,18 @@ class dispatcher:
 
     # -- socket set-up ------------------------------------------------------
 
-    def create_socket(self, family=socket.AF_INET, type=socket.SOCK_STREAM):
+    def create_socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> None:
         self.family_and_type = family, type
         sock = socket.socket(family, type)
         sock.setblocking(False)
         self.set_socket(sock)
 
-    def set_socket(self, sock, map=None):
+    def set_socket(self, sock: socket.socket, map: Map | None = None) -> None:
         self.socket = sock
         self._fileno = sock.fileno()
         self.add_channel(map)
 
-    def set_reuse_addr(self):
+    def set_reuse_addr(self) -> None:
         """Set ``SO_REUSEADDR`` where the platform allows it."""
         try:
             current = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
@@ -380,26 +395,26 @@ class dispatcher:
 
     # -- what to wait for --------------------------------------------------
 
-    def readable(self):
+    def readable(self) -> bool:
         return True
 
-    def writable(self):
+    def writable(self) -> bool:
         return True
 
     # -- socket methods -------------------------------------------------
 
-    def listen(self, num):
+    def listen(self, num: int) -> None:
         self.accepting = True
         _touch(self)
         if os.name == "nt" and num > 5:
             num = 5
         return self.socket.listen(num)
 
-    def bind(self, addr):
+    def bind(self, addr: Any) -> None:
         self.addr = addr
         return self.socket.bind(addr)
 
-    def connect(self, address):
+    def connect(self, address: Any) -> None:
         self.connected = False
         self.connecting = True
         _touch(self)
@@ -415,7 +430,7 @@ class dispatcher:
             return
         raise OSError(err, errorcode.get(err) or _strerror(err))
 
-    def accept(self):
+    def accept(self) -> tuple[socket.socket, Any] | None:
         """``(sock, address)`` of a waiting connection, or None."""
         try:
             conn, addr = self.socket.accept()
@@ -427,7 +442,7 @@ class dispatcher:
             raise
         return conn, addr
 
-    def send(self, data):
+    def send(self, data: Any) -> int:
         """Bytes sent; 0 when the socket would block or the peer is gone."""
         try:
             return self.socket.send(data)
@@ -439,7 +454,7 @@ class dispatcher:
                 return 0
             raise
 
-    def recv(self, buffer_size):
+    def recv(self, buffer_size: int) -> bytes:
         """Data received; b'' (after ``handle_close()``) at EOF or reset."""
         try:
             data = self.socket.recv(buffer_size)
@@ -453,7 +468,7 @@ class dispatcher:
             return b""
         return data
 
-    def close(self):
+    def close(self) -> None:
         self.connected = False
         self.accepting = False
         self.connecting = False
@@ -467,16 +482,16 @@ class dispatcher:
 
     # -- logging ---------------------------------------------------------
 
-    def log(self, message):
+    def log(self, message: Any) -> None:
         sys.stderr.write("log: %s\n" % str(message))
 
-    def log_info(self, message, type="info"):
+    def log_info(self, message: Any, type: str = "info") -> None:
         if type not in self.ignore_log_types:
             print("%s: %s" % (type, message))
 
     # -- events, as the loop reports them ----------------------------------
 
-    def handle_read_event(self):
+    def handle_read_event(self) -> None:
         if self.accepting:
             # A listening socket is readable when a connection waits.
             self.handle_accept()
@@ -485,7 +500,7 @@ class dispatcher:
             self.handle_connect_event()
         self.handle_read()
 
-    def handle_connect_event(self):
+    def handle_connect_event(self) -> None:
         err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err != 0:
             raise OSError(err, _strerror(err))
@@ -493,14 +508,14 @@ class dispatcher:
         self.connected = True
         self.connecting = False
 
-    def handle_write_event(self):
+    def handle_write_event(self) -> None:
         if self.accepting:
             return  # never watched for writing; ignore a stray event
         if not self.connected and self.connecting:
             self.handle_connect_event()
         self.handle_write()
 
-    def handle_expt_event(self):
+    def handle_expt_event(self) -> None:
         # An error on the socket also shows up as an exceptional condition;
         # only a clean socket has real out-of-band data.
         err = self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -509,7 +524,7 @@ class dispatcher:
         else:
             self.handle_expt()
 
-    def handle_error(self):
+    def handle_error(self) -> None:
         (_, _, _), exc_type, exc_value, where = compact_traceback()
         try:
             me = repr(self)
@@ -524,28 +539,28 @@ class dispatcher:
 
     # -- what subclasses override -----------------------------------------
 
-    def handle_expt(self):
+    def handle_expt(self) -> None:
         self.log_info("unhandled incoming priority event", "warning")
 
-    def handle_read(self):
+    def handle_read(self) -> None:
         self.log_info("unhandled read event", "warning")
 
-    def handle_write(self):
+    def handle_write(self) -> None:
         self.log_info("unhandled write event", "warning")
 
-    def handle_connect(self):
+    def handle_connect(self) -> None:
         self.log_info("unhandled connect event", "warning")
 
-    def handle_accept(self):
+    def handle_accept(self) -> None:
         pair = self.accept()
         if pair is not None:
             self.handle_accepted(*pair)
 
-    def handle_accepted(self, sock, addr):
+    def handle_accepted(self, sock: socket.socket, addr: Any) -> None:
         sock.close()
         self.log_info("unhandled accepted event", "warning")
 
-    def handle_close(self):
+    def handle_close(self) -> None:
         self.log_info("unhandled close event", "warning")
         self.close()
 
@@ -561,7 +576,7 @@ class dispatcher:
 
 #: readable() / writable() functions of compat's own classes: their answers
 #: change only through compat's methods, which call _touch().
-_library_methods = set()
+_library_methods: set = set()
 
 
 def _classify(cls):
@@ -596,7 +611,7 @@ def _watch_assignments(cls):
 
     else:  # the class (or a base) has a __setattr__ of its own: keep it
 
-        def __setattr__(self, name, value, _inner=current):
+        def __setattr__(self, name, value, _inner=current):  # type: ignore[misc]
             _inner(self, name, value)
             _touch(self)
 
@@ -665,7 +680,7 @@ class dispatcher_with_send(dispatcher):
 # -- helpers -----------------------------------------------------------------
 
 
-def compact_traceback():
+def compact_traceback() -> tuple[tuple[str, str, str], Any, Any, str]:
     """Summarise the exception being handled.
 
     Returns ``((file, function, line), type, value, info)``: the innermost
@@ -683,7 +698,7 @@ def compact_traceback():
     return frames[-1], exc_type, exc_value, info
 
 
-def close_all(map=None, ignore_all=False):
+def close_all(map: Map | None = None, ignore_all: bool = False) -> None:
     """Close every channel of ``map`` (default ``socket_map``), then empty it.
 
     EBADF from a close is ignored; other errors propagate unless
@@ -821,7 +836,7 @@ _monotonic = time.monotonic
 # At most this many maps keep an engine between loop() calls.
 _MAX_ENGINES = 8
 
-_engines = {}  # id(map) -> _MapEngine; most recently used last
+_engines: dict = {}  # id(map) -> _MapEngine; most recently used last
 _engines_lock = _threading.Lock()
 
 
@@ -1394,4 +1409,4 @@ if hasattr(select, "epoll"):
             )
 
 else:  # no epoll here: loop() always takes the original path
-    _MapEngine = None
+    _MapEngine = None  # type: ignore[misc,assignment]

@@ -2,6 +2,8 @@
 inside a batch, double close.
 """
 
+from __future__ import annotations
+
 import contextlib
 import socket
 
@@ -19,6 +21,12 @@ from .sockets import (
 from .support import _closing
 from .waiting import assert_blocks, run_until, wait_readable
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only
+    from ..poller import Poller
+
+
 
 def _batch(poller, *transports, arm_write=True):
     """Make each transport readable (and write-armed), then poll once."""
@@ -30,7 +38,7 @@ def _batch(poller, *transports, arm_write=True):
 
 
 @_check
-def check_read_write_one_event(poller):
+def check_read_write_one_event(poller: Poller) -> None:
     """Readable and writable at once: both callbacks in one ``poll()``.
 
     They are handled independently: an exception in ``handle_read`` still
@@ -83,7 +91,7 @@ def check_read_write_one_event(poller):
 
 
 @_check
-def check_close_self_in_read(poller):
+def check_close_self_in_read(poller: Poller) -> None:
     """A transport closing itself in ``handle_read`` gets nothing more.
 
     Not the write half of the same event, nor anything later.
@@ -110,7 +118,7 @@ def _first_and_second(a, b):
 
 
 @_check
-def check_close_other_in_batch(poller):
+def check_close_other_in_batch(poller: Poller) -> None:
     """Closing another transport whose event is in the same batch.
 
     Two transports are readable and writable in one ``poll()``; whichever
@@ -132,7 +140,7 @@ def check_close_other_in_batch(poller):
 
 
 @_check
-def check_fd_reuse_in_batch(poller):
+def check_fd_reuse_in_batch(poller: Poller) -> None:
     """An fd closed and reused within one batch gets no stale event.
 
     Two transports are ready in one ``poll()``; whichever runs first closes
@@ -142,7 +150,7 @@ def check_fd_reuse_in_batch(poller):
     with contextlib.ExitStack() as stack:
         a, pa = _closing(stack, *transport_and_peer(poller))
         b, pb = _closing(stack, *transport_and_peer(poller))
-        reused = []
+        reused: list = []
         reused_fds = []  # a closed transport's fileno() is -1: keep the number
 
         def close_and_reuse(other):
@@ -191,7 +199,7 @@ def check_fd_reuse_in_batch(poller):
 
 
 @_check
-def check_double_close(poller):
+def check_double_close(poller: Poller) -> None:
     """``close()`` is idempotent, fires no callback, and unregisters first.
 
     The transport leaves ``poller.channels()`` while its socket is still
@@ -209,7 +217,7 @@ def check_double_close(poller):
             return original(channel)
 
         try:
-            poller.del_channel = spy
+            poller.del_channel = spy  # type: ignore[method-assign]
             spied = True
         except (AttributeError, TypeError):
             spied = False  # a poller type without an instance dict

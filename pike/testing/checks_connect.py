@@ -1,6 +1,8 @@
 """Connecting: a refused connect, a connect followed by data at once.
 """
 
+from __future__ import annotations
+
 import contextlib
 
 from .recording import (
@@ -17,9 +19,15 @@ from .sockets import (
 from .support import _closing, _stream_families
 from .waiting import assert_blocks, run_until, wait_readable
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only
+    from ..poller import Poller
+
+
 
 @_check
-def check_connect_refused(poller):
+def check_connect_refused(poller: Poller) -> None:
     """A refused connect: reported once, transport closed, no ``handle_connect``.
 
     ``connect_error`` is a :class:`ConnectionRefusedError`, and the
@@ -47,7 +55,7 @@ def check_connect_refused(poller):
 
 
 @_check
-def check_connect_then_data(poller):
+def check_connect_then_data(poller: Poller) -> None:
     """The server writes at once on accept: ``connect`` once, before ``read``.
 
     The connect completes and data arrives before the client's first poll,

@@ -1,6 +1,8 @@
 """End of file and resets: graceful EOF, half-close, a reset.
 """
 
+from __future__ import annotations
+
 import contextlib
 import socket
 
@@ -15,9 +17,15 @@ from .sockets import (
 from .support import _closing, _pattern, _stream_families
 from .waiting import assert_blocks, run_until, wait_readable
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only
+    from ..poller import Poller
+
+
 
 @_check
-def check_graceful_eof(poller):
+def check_graceful_eof(poller: Poller) -> None:
     """The peer sends data and closes: all data, then one ``handle_close``.
 
     Runs over TCP and (where available) Unix sockets, reading in small
@@ -42,7 +50,7 @@ def check_graceful_eof(poller):
 
 
 @_check
-def check_half_close(poller):
+def check_half_close(poller: Poller) -> None:
     """``half_close = True``: EOF calls ``handle_eof``; we may still write.
 
     After the peer shuts down its side: ``handle_eof`` once, no
@@ -82,7 +90,7 @@ def check_half_close(poller):
 
 
 @_check
-def check_reset(poller):
+def check_reset(poller: Poller) -> None:
     """A reset by the peer means ``handle_close``, never ``handle_error`` or a spin.
 
     Once while reading, and once on a transport that is not reading (the

@@ -2,6 +2,8 @@
 a failing error handler.
 """
 
+from __future__ import annotations
+
 import contextlib
 import errno
 import logging
@@ -19,9 +21,15 @@ from .sockets import (
 from .support import _closing
 from .waiting import run_until, wait_readable
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only
+    from ..poller import Poller
+
+
 
 @_check
-def check_connection_lost_in_callback(poller):
+def check_connection_lost_in_callback(poller: Poller) -> None:
     """ConnectionResetError / BrokenPipeError from a callback mean ``handle_close``.
 
     Raised from ``handle_read`` (as a failed socket call would raise them),
@@ -49,7 +57,7 @@ def check_connection_lost_in_callback(poller):
 
 
 @_check
-def check_error_in_callback(poller):
+def check_error_in_callback(poller: Poller) -> None:
     """Any other exception from a callback goes to ``handle_error``.
 
     From ``handle_read``, ``handle_write`` and ``handle_connect``;
@@ -84,7 +92,7 @@ def check_error_in_callback(poller):
 
 
 @_check
-def check_keyboard_interrupt(poller):
+def check_keyboard_interrupt(poller: Poller) -> None:
     """KeyboardInterrupt and SystemExit propagate out of ``poll()``.
 
     They are not handed to ``handle_error``, and the poller stays usable:
@@ -114,7 +122,7 @@ def check_keyboard_interrupt(poller):
 
 
 @_check
-def check_failing_error_handler(poller):
+def check_failing_error_handler(poller: Poller) -> None:
     """The loop survives a ``handle_error`` that raises: it closes that channel.
 
     Other transports keep working, and ``poll()`` itself does not raise.
@@ -133,9 +141,9 @@ def check_failing_error_handler(poller):
         bad.hooks["read"] = fail
         bad.hooks["error"] = fail_again
         logger = logging.getLogger("pike")
-        records = []
+        records: list = []
         handler = logging.Handler()
-        handler.emit = records.append
+        handler.emit = records.append  # type: ignore[method-assign,assignment]
         logger.addHandler(handler)
         try:
             bad_peer.sendall(b"x")

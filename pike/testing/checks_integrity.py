@@ -2,6 +2,8 @@
 EMFILE on accept), each check failing on the code before its fix.
 """
 
+from __future__ import annotations
+
 import contextlib
 import errno
 import hashlib
@@ -26,6 +28,12 @@ from .sockets import (
 )
 from .support import _closing, _pattern, _stalled_pair, _stream_families
 from .waiting import assert_blocks, count_polls, run_until, wait_readable
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only
+    from ..poller import Poller
+
 
 # -- integrity: what a fault campaign broke (fd reuse, EOF with data queued) ----
 
@@ -53,7 +61,7 @@ def _open_socketpair(stack):
 
 
 @_check
-def check_fd_closed_behind(poller):
+def check_fd_closed_behind(poller: Poller) -> None:
     """The socket closed behind the transport: no byte goes to the fd's next owner.
 
     The application closes ``transport.socket`` itself, and a new socket
@@ -96,7 +104,7 @@ def check_fd_closed_behind(poller):
 
 
 @_check
-def check_fd_reused_by_file(poller):
+def check_fd_reused_by_file(poller: Poller) -> None:
     """A write after the socket was closed behind the transport never lands in
     a file that reused the fd number."""
     with contextlib.ExitStack() as stack:
@@ -138,7 +146,7 @@ def _eof_then_reply(poller, family, size, seed):
 
 
 @_check
-def check_eof_sends_queued_data(poller):
+def check_eof_sends_queued_data(poller: Poller) -> None:
     """A connection that ends by the peer's EOF sends everything queued first.
 
     The peer half-closes (``shutdown(SHUT_WR)``, the ``nc -N`` pattern);
@@ -177,7 +185,7 @@ class _LingeringClose(RecordingTransport):
 
 
 @_check
-def check_deferred_close_no_spin(poller):
+def check_deferred_close_no_spin(poller: Poller) -> None:
     """A ``handle_close`` that does not close at once runs once, and no read
     event comes after EOF while the queue drains (it used to spin)."""
     for family in _stream_families():
@@ -201,7 +209,7 @@ def check_deferred_close_no_spin(poller):
 
 
 @_check
-def check_reset_mid_write(poller):
+def check_reset_mid_write(poller: Poller) -> None:
     """A reset while megabytes are queued: ``handle_close`` once, the queue
     dropped, no ``handle_error``, no spin."""
     with contextlib.ExitStack() as stack:
@@ -218,7 +226,7 @@ def check_reset_mid_write(poller):
 
 
 @_check
-def check_accept_out_of_fds(poller):
+def check_accept_out_of_fds(poller: Poller) -> None:
     """accept() failing with EMFILE: the listener pauses and retries, and
     neither closes nor spins; the connection is accepted once fds are back."""
     try:
@@ -236,7 +244,7 @@ def check_accept_out_of_fds(poller):
             raise CheckSkipped("cannot list this process's fds")
         # No fd number left: lower the limit to the highest open one and
         # fill the holes below it, so accept() gets EMFILE.
-        fillers = []
+        fillers: list = []
         resource.setrlimit(resource.RLIMIT_NOFILE, (int(highest) + 1, hard))
         try:
             while len(fillers) < 4096:

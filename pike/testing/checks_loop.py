@@ -1,6 +1,8 @@
 """The loop: an alternate poller, idling without a spin, paused reading.
 """
 
+from __future__ import annotations
+
 import contextlib
 import time
 
@@ -13,9 +15,15 @@ from .registry import _check
 from .support import _closing
 from .waiting import assert_blocks, count_polls, run_until, wait_readable
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only
+    from ..poller import Poller
+
+
 
 @_check
-def check_alternate_poller(poller):
+def check_alternate_poller(poller: Poller) -> None:
     """A transport on another poller is never dispatched by this one.
 
     ``Transport(alternate_poller=p2)`` lives on ``p2``: driving ``poller``
@@ -38,7 +46,7 @@ def check_alternate_poller(poller):
 
 
 @_check
-def check_idle_blocks(poller):
+def check_idle_blocks(poller: Poller) -> None:
     """An idle connection and listener: ``poll(timeout)`` blocks, nothing fires."""
     with contextlib.ExitStack() as stack:
         client, server = _closing(stack, *connected_pair(poller))
@@ -52,7 +60,7 @@ def check_idle_blocks(poller):
 
 
 @_check
-def check_pause_reading(poller):
+def check_pause_reading(poller: Poller) -> None:
     """``pause_reading()`` stops read events without a spin; resume delivers."""
     with contextlib.ExitStack() as stack:
         t, peer = _closing(stack, *transport_and_peer(poller))

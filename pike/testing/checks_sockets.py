@@ -1,6 +1,8 @@
 """Kinds of socket: datagrams, TCP, IPv6 and Unix echo, listeners.
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import socket
@@ -24,9 +26,15 @@ from .sockets import (
 from .support import _closing, _pattern, _stream_families
 from .waiting import assert_blocks, run_until
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only
+    from ..poller import Poller
+
+
 
 @_check
-def check_datagram(poller):
+def check_datagram(poller: Poller) -> None:
     """UDP on 127.0.0.1: ``sendto`` / ``recvfrom`` and ``handle_read``."""
     with contextlib.ExitStack() as stack:
         a = _closing(stack, RecordingTransport(alternate_poller=poller))
@@ -70,24 +78,24 @@ def _echo_round_trip(poller, family):
 
 
 @_check
-def check_tcp_echo(poller):
+def check_tcp_echo(poller: Poller) -> None:
     """An echo round trip over TCP on 127.0.0.1."""
     _echo_round_trip(poller, AF_INET)
 
 
 @_check
-def check_ipv6_echo(poller):
+def check_ipv6_echo(poller: Poller) -> None:
     """An echo round trip over TCP on ``::1`` (skipped without IPv6)."""
     _require_family(AF_INET6)
     _echo_round_trip(poller, AF_INET6)
 
 
 @_check
-def check_unix_echo(poller):
+def check_unix_echo(poller: Poller) -> None:
     """An echo round trip over a Unix stream socket; the socket file is removed."""
     _require_family(AF_UNIX)
     _echo_round_trip(poller, AF_UNIX)
-    listener = tcp_listener(poller, AF_UNIX)
+    listener = tcp_listener(poller, AF_UNIX)  # type: ignore[arg-type] # (checked above)
     path = listener.address
     assert os.path.exists(path)
     listener.close()
@@ -95,7 +103,7 @@ def check_unix_echo(poller):
 
 
 @_check
-def check_accept_none(poller):
+def check_accept_none(poller: Poller) -> None:
     """``accept()`` returns None when nothing is pending, and an idle listener sleeps."""
     with contextlib.ExitStack() as stack:
         listener = _closing(stack, tcp_listener(poller))
@@ -105,7 +113,7 @@ def check_accept_none(poller):
 
 
 @_check
-def check_listener_accept(poller):
+def check_listener_accept(poller: Poller) -> None:
     """A listener gets ``handle_accept`` and one ``handle_accepted`` per client.
 
     Accepted sockets become working, connected transports.

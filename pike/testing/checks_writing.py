@@ -2,6 +2,8 @@
 close_when_done, writes after close.
 """
 
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import random
@@ -20,13 +22,19 @@ from .sockets import (
 from .support import _closing, _pattern, _stalled_pair
 from .waiting import _fd, assert_blocks, run_until
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only
+    from ..poller import Poller
+
+
 
 def _writable(obj, timeout):
     return bool(select.select([], [_fd(obj)], [], timeout)[1])
 
 
 @_check
-def check_send_would_block(poller):
+def check_send_would_block(poller: Poller) -> None:
     """A send that would block arms exactly one write notification.
 
     The peer never reads: raw ``send()`` eventually returns 0. While the
@@ -114,7 +122,7 @@ def _scribble(piece):
 
 
 @_check
-def check_large_transfer(poller):
+def check_large_transfer(poller: Poller) -> None:
     """8 MiB through a slow reader arrives intact and in order.
 
     The writer uses ``write()`` and ``writelines()`` with a mix of bytes,
@@ -175,14 +183,14 @@ def check_large_transfer(poller):
 
 
 @_check
-def check_flow_control(poller):
+def check_flow_control(poller: Poller) -> None:
     """Water marks: pause above high, resume at low, buffer size tracked."""
     with contextlib.ExitStack() as stack:
         client, server = _closing(stack, *connected_pair(poller))
         high, low = 65536, 16384
         client.set_write_buffer_limits(high=high, low=low)
         assert client.get_write_buffer_limits() == (low, high)
-        sizes = {}
+        sizes: dict = {}
         client.hooks["pause_writing"] = lambda: sizes.setdefault(
             "pause", client.get_write_buffer_size()
         )
@@ -222,7 +230,7 @@ def check_flow_control(poller):
 
 
 @_check
-def check_write_eof_after_queued(poller):
+def check_write_eof_after_queued(poller: Poller) -> None:
     """``write_eof()`` with data queued: the peer gets all of it, then EOF."""
     with contextlib.ExitStack() as stack:
         t, peer = _stalled_pair(poller, stack)
@@ -249,7 +257,7 @@ def check_write_eof_after_queued(poller):
 
 
 @_check
-def check_close_when_done(poller):
+def check_close_when_done(poller: Poller) -> None:
     """``close_when_done()`` sends everything queued, then closes.
 
     With nothing queued it closes at once.
@@ -281,7 +289,7 @@ def check_close_when_done(poller):
 
 
 @_check
-def check_write_after_close(poller):
+def check_write_after_close(poller: Poller) -> None:
     """``write`` after ``close()``: BrokenPipeError; after ``write_eof()``: RuntimeError."""
     with contextlib.ExitStack() as stack:
         t, peer = _closing(stack, *transport_and_peer(poller))

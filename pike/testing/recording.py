@@ -1,5 +1,7 @@
 """Transports that record their callbacks, and the connections made of them."""
 
+from __future__ import annotations
+
 import sys
 
 from ..transport import Transport
@@ -13,6 +15,15 @@ from .sockets import (
     socket_pair,
 )
 from .waiting import run_until
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only
+    import socket
+    from typing import Any, Callable
+
+    from ..poller import Poller
+
 
 
 class RecordingTransport(Transport):
@@ -60,7 +71,7 @@ class RecordingTransport(Transport):
         if hook is not None:
             hook()
 
-    def count(self, name):
+    def count(self, name: str) -> int:
         """How many times the callback ``name`` ran."""
         return self.events.count(name)
 
@@ -179,7 +190,9 @@ class RecordingListener(Transport):
             cleanup()
 
 
-def tcp_listener(poller, family=AF_INET, factory=RecordingTransport):
+def tcp_listener(
+    poller: Poller, family: int = AF_INET, factory: Callable[..., Transport] = RecordingTransport
+) -> RecordingListener:
     """A :class:`RecordingListener` on the loopback address of ``family``.
 
     Despite the name it makes a Unix stream listener for ``AF_UNIX`` (in a
@@ -191,12 +204,12 @@ def tcp_listener(poller, family=AF_INET, factory=RecordingTransport):
 
 
 def connected_pair(
-    poller,
-    family=AF_INET,
-    client_factory=RecordingTransport,
-    server_factory=RecordingTransport,
-    timeout=DEFAULT_TIMEOUT,
-):
+    poller: Poller,
+    family: int = AF_INET,
+    client_factory: Callable[..., Any] = RecordingTransport,
+    server_factory: Callable[..., Any] = RecordingTransport,
+    timeout: float = DEFAULT_TIMEOUT,
+) -> tuple[Any, Any]:
     """Two connected pike transports on ``poller``: ``(client, server)``.
 
     The client is made with ``client_factory(alternate_poller=poller)`` and
@@ -233,7 +246,9 @@ def connected_pair(
         listener.close()
 
 
-def transport_and_peer(poller, family=AF_INET, factory=RecordingTransport):
+def transport_and_peer(
+    poller: Poller, family: int = AF_INET, factory: Callable[..., Any] = RecordingTransport
+) -> tuple[Any, socket.socket]:
     """A pike transport connected to a plain socket: ``(transport, peer)``.
 
     The transport is ``factory(alternate_poller=poller, sock=sock)`` over one

@@ -1,7 +1,17 @@
 """The battery's registry: the checks by name, and running them all.
 """
 
+from __future__ import annotations
+
 from ..poller import set_poller
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only
+    from typing import Callable, Mapping
+
+    from ..poller import Poller
+
 
 #: Seconds any single wait of a check may last before it fails.
 DEFAULT_TIMEOUT = 5.0
@@ -19,7 +29,7 @@ class CheckSkipped(Exception):
 #: A name is the function's name without ``check_``.
 #:
 #: :meta hide-value:
-CHECKS = {}
+CHECKS: dict = {}
 
 
 def _check(fn):
@@ -29,7 +39,10 @@ def _check(fn):
     return fn
 
 
-def check_all(poller_factory, checks=None):
+def check_all(
+    poller_factory: Callable[[], Poller],
+    checks: Mapping[str, Callable[[Poller], None]] | None = None,
+) -> dict[str, str]:
     """Run every check, each on a fresh poller from ``poller_factory()``.
 
     Each poller is installed as the process's default poller while its

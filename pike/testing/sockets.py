@@ -4,6 +4,8 @@ Only loopback addresses (127.0.0.1, ::1) and Unix sockets in a private
 temporary directory are used: network traffic never leaves the machine.
 """
 
+from __future__ import annotations
+
 import os
 import shutil
 import socket
@@ -12,18 +14,24 @@ import tempfile
 
 from .registry import DEFAULT_TIMEOUT, CheckSkipped
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only
+    pass
+
+
 AF_INET = socket.AF_INET
 AF_INET6 = getattr(socket, "AF_INET6", None)
 AF_UNIX = getattr(socket, "AF_UNIX", None)
 SOCK_STREAM = socket.SOCK_STREAM
 SOCK_DGRAM = socket.SOCK_DGRAM
 
-_LOOPBACK = {AF_INET: "127.0.0.1"}
+_LOOPBACK: dict = {AF_INET: "127.0.0.1"}
 if AF_INET6 is not None:
     _LOOPBACK[AF_INET6] = "::1"
 
 
-def has_family(family):
+def has_family(family: int | None) -> bool:
     """True when stream sockets of ``family`` work on the loopback here.
 
     ``AF_INET6`` needs ``::1`` to be bindable; ``AF_UNIX`` needs the
@@ -91,7 +99,7 @@ def _listening_socket(family, backlog=16):
     return sock, sock.getsockname(), lambda: None
 
 
-def socket_pair(family=AF_INET, timeout=DEFAULT_TIMEOUT):
+def socket_pair(family: int = AF_INET, timeout: float = DEFAULT_TIMEOUT) -> tuple[socket.socket, socket.socket]:
     """Two connected plain stream sockets of ``family`` (blocking, with a timeout).
 
     TCP pairs go over the loopback address; ``AF_UNIX`` uses
@@ -152,7 +160,7 @@ class PeerReader:
         self.data = bytearray()
         self.eof = False
 
-    def pump(self):
+    def pump(self) -> bool:
         """Read everything available now; always return True.
 
         The constant result lets it lead an ``and`` chain in a predicate;
@@ -174,7 +182,7 @@ class PeerReader:
             self.sock.settimeout(timeout)
         return True
 
-    def pump_until_eof(self):
+    def pump_until_eof(self) -> bool:
         """Read everything available now; return True once EOF was seen."""
         self.pump()
         return self.eof

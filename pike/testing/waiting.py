@@ -4,10 +4,20 @@ Every wait in pike.testing is bounded; a check that waits too long fails
 with a message saying what it waited for.
 """
 
+from __future__ import annotations
+
 import select
 import time
 
 from .registry import DEFAULT_TIMEOUT
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # hints only
+    from typing import Any, Callable
+
+    from ..poller import Poller
+
 
 
 def _describe(predicate, what):
@@ -17,7 +27,13 @@ def _describe(predicate, what):
     return f"predicate {name}"
 
 
-def run_until(poller, predicate, timeout=DEFAULT_TIMEOUT, step=0.05, what=None):
+def run_until(
+    poller: Poller,
+    predicate: Callable[[], Any],
+    timeout: float = DEFAULT_TIMEOUT,
+    step: float = 0.05,
+    what: str | None = None,
+) -> int:
     """Drive ``poller`` until ``predicate()`` is true.
 
     The poller is polled in slices of at most ``step`` seconds; the
@@ -46,7 +62,7 @@ def run_until(poller, predicate, timeout=DEFAULT_TIMEOUT, step=0.05, what=None):
     return iterations
 
 
-def count_polls(poller, duration=0.3, step=0.1):
+def count_polls(poller: Poller, duration: float = 0.3, step: float = 0.1) -> tuple[int, int]:
     """Poll ``poller`` for ``duration`` seconds in slices of ``step``.
 
     :returns: ``(iterations, dispatched)``: how many ``poll()`` calls were
@@ -64,7 +80,13 @@ def count_polls(poller, duration=0.3, step=0.1):
         iterations += 1
 
 
-def assert_blocks(poller, duration=0.3, step=0.1, max_iterations=10, what="idle"):
+def assert_blocks(
+    poller: Poller,
+    duration: float = 0.3,
+    step: float = 0.1,
+    max_iterations: int = 10,
+    what: str = "idle",
+) -> None:
     """Assert that ``poller`` has nothing to dispatch and does not spin.
 
     Polls for ``duration`` seconds (see :func:`count_polls`) and fails
@@ -88,7 +110,7 @@ def _fd(obj):
     return obj if isinstance(obj, int) else obj.fileno()
 
 
-def wait_readable(*objs, timeout=DEFAULT_TIMEOUT):
+def wait_readable(*objs: Any, timeout: float = DEFAULT_TIMEOUT) -> None:
     """Block (outside any poller) until every fd or socket in ``objs`` is readable.
 
     Used to make sure that several events are ready before a single
