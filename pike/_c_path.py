@@ -46,7 +46,6 @@ _EWOULDBLOCK = errno.EWOULDBLOCK
 
 _c_send = lib.pike_send
 _from_buffer = ffi.from_buffer
-_EBADF_RESULT = -errno.EBADF  # a send on a closed socket's fd (-1)
 
 
 def send(self, data):
@@ -57,10 +56,9 @@ def send(self, data):
     sock = self.socket
     if sock is None:
         raise self._not_open()
-    fd = sock.fileno()  # (inline, not a helper: a frame costs more than this)
-    if fd < 0:
-        n = _EBADF_RESULT
-    elif type(data) is bytes:
+    # The socket's fd now (-1 once closed: the kernel answers EBADF).
+    fd = sock.fileno()
+    if type(data) is bytes:
         # cffi passes bytes to ``const char *`` without a copy.
         n = _c_send(fd, data, len(data))
     else:
@@ -91,8 +89,7 @@ def write(self, data):
     if self._queue or self.connecting:
         self._enqueue(data)
         return
-    fd = self.socket.fileno()
-    sent = _c_send(fd, buf, size) if fd >= 0 else _EBADF_RESULT
+    sent = _c_send(self.socket.fileno(), buf, size)  # (-1 once closed: EBADF)
     if sent == size:
         return
     if sent < 0:

@@ -38,6 +38,7 @@ from .errors import (
     CONNECTION_LOST_ERRNOS,
 )
 from .poller import get_poller
+from .sendfile import FileSegment, SendfileRequest, file_span
 from .write_queue import WriteQueue
 
 from typing import TYPE_CHECKING
@@ -49,7 +50,6 @@ if TYPE_CHECKING:  # hints only: no typing cost at import
     from typing import BinaryIO
 
     from .poller import Poller
-    from .sendfile import SendfileRequest
     from .tls import TLSLayer
 
     Buffer = Union[bytes, bytearray, memoryview]
@@ -640,8 +640,6 @@ class Transport:
 
         Not available under TLS yet (RuntimeError): ``write()`` the data.
         """
-        from .sendfile import FileSegment, SendfileRequest, file_span
-
         self._check_writable()
         if self.tls is not None:
             raise RuntimeError("sendfile() under TLS is not supported yet; write() the data")
@@ -824,8 +822,6 @@ class Transport:
         self.poller.del_channel(self)
         if self._queue is not None:
             self._queue.clear()
-        if self._writing_paused:
-            self._writing_paused = False  # nothing is queued: silently
         if self._accept_retry is not None:
             self._accept_retry.cancel()
             self._accept_retry = None

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 import pike
 from pike import _impl
-from pike.transport import Transport
+from pike.testing import RecordingTransport, socket_pair
 
 FAMILIES = ["unix", "tcp"]
 
@@ -63,47 +63,21 @@ _operations = st.one_of(
 operation_lists = st.lists(_operations, min_size=1, max_size=25)
 
 
-class ModelTransport(Transport):
-    """Records its callbacks into ``trace``; reads into ``received``."""
+class ModelTransport(RecordingTransport):
+    """A RecordingTransport whose callbacks also go into the shared ``trace``."""
+
+    read_size = 8192
 
     def __init__(self, trace, **kwargs):
         self.trace = trace
-        self.events = []
-        self.received = bytearray()
-        self.late = []
         super().__init__(**kwargs)
 
     def _note(self, name):
-        if self.closed:
-            self.late.append(name)
-        self.events.append(name)
         self.trace.append(("callback", name))
-
-    def handle_read(self):
-        self._note("read")
-        data = self.recv(8192)
-        if data:
-            self.received += data
+        super()._note(name)
 
     def handle_read_eof(self):
         self._note("read_eof")
-
-    def handle_write(self):
-        self._note("write")
-
-    def handle_close(self):
-        self._note("close")
-        self.close()
-
-    def handle_error(self):
-        self._note("error")
-        self.close()
-
-    def handle_pause_writing(self):
-        self._note("pause_writing")
-
-    def handle_resume_writing(self):
-        self._note("resume_writing")
 
 
 def _stream(seed):
@@ -121,14 +95,7 @@ def _stream(seed):
 
 
 def _pair(family):
-    if family == "unix":
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    else:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(1)
-            a = socket.create_connection(listener.getsockname(), timeout=5)
-            b, _ = listener.accept()
+    a, b = socket_pair(socket.AF_UNIX if family == "unix" else socket.AF_INET)
     a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SNDBUF)
     b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF)
     b.setblocking(False)
