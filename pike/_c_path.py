@@ -11,14 +11,14 @@ callgrind, CPython 3.11, 1 KiB messages; compare within a row):
 ======================  ======  ======  ============
 operation               python  c       c candidate
 ======================  ======  ======  ============
-send, would block       8739    4129
-recv, nothing to read   8422    8425    2278
-recv, 1 KiB waiting     4307    4305    5386
-write, kernel takes it  4754    4968
+send, would block       8745    4043
+recv, nothing to read   8443    8439    2280
+recv, 1 KiB waiting     4307    4308    5378
+write, kernel takes it  4756    4829
 ======================  ======  ======  ============
 
 Reading the fd from the socket object on every call (see below) costs
-~430 instructions a write; before, on a remembered fd, the C write took
+~290 instructions a write; before, on a remembered fd, the C write took
 4542, and sent into whatever reused the number.
 
 ``send`` and ``write`` are in C. They send on the fd their socket object
