@@ -1,12 +1,13 @@
 /*
- * pike's C accelerator: the per-event system calls of the hot path, with
- * errors returned as negative errno values instead of raised exceptions,
- * and the framing layer's byte scanning.
+ * pike's C accelerator: the system calls of the hot path, with errors
+ * returned as negative errno values instead of raised exceptions -- the
+ * send beneath Transport.send, and the epoll poller's batched iteration.
  *
  * Every function is safe to call from Python through cffi (API mode): no
  * function keeps a pointer it was given, and none blocks (sockets are
  * non-blocking; MSG_DONTWAIT is passed as well, so a socket left blocking
- * by mistake cannot hang the loop).
+ * by mistake cannot hang the loop) -- except the poller's wait,
+ * pike_epoll_batch, which releases the GIL while it may block.
  */
 #ifndef PIKE_ACCEL_H
 #define PIKE_ACCEL_H
@@ -16,38 +17,34 @@
 /* Bytes sent (>= 0) or -errno. Never raises SIGPIPE. */
 long pike_send(int fd, const char *buf, size_t len);
 
-/* Bytes received (0 means EOF) or -errno. */
-long pike_recv(int fd, char *buf, size_t len);
-
-/* Index of the first occurrence of needle in hay[start:], or -1. */
-long pike_find(const char *hay, size_t hay_len, size_t start,
-               const char *needle, size_t needle_len);
-
 /*
- * Offsets just past each non-overlapping occurrence of needle in
- * hay[start:], at most max of them, written to ends; returns how many.
- * A line protocol splits a whole received chunk with one call.
+ * The epoll poller's batched iteration (csrc/pike_batch.c; Linux only,
+ * elsewhere it returns -ENOSYS). Waits up to timeout_ms (-1: no limit) for
+ * at most max_events events (at most 65535) into event_space (max_events
+ * times pike_epoll_event_size() bytes), then, for each event that has one
+ * of the read_events bits, receives for its fd when receive_sizes[fd] > 0
+ * (fds beyond receive_sizes_len count as 0) and the arena still has that
+ * many bytes free. Each event becomes a record:
+ *   - in data_records, two longs for bytes received: the fd, and the
+ *     arena offset where they end (they start where the previous record's
+ *     end, the first at 0);
+ *   - in other_records, three longs for everything else: the fd, the event bits, and
+ *     the receive's result (0 at EOF, -errno, or PIKE_NOT_RECEIVED when
+ *     no receive was made). An event with bytes received and write bits
+ *     too is in both lists, its read bits cleared in other_records.
+ * Returns (data count << 16) | other count, or -errno when the wait
+ * failed (-EINTR: a signal arrived).
+ *
+ * The one function that blocks: it releases the GIL around a wait that may
+ * (never around a receive, which cannot).
  */
-long pike_find_all(const char *hay, size_t hay_len, size_t start,
-                   const char *needle, size_t needle_len,
-                   long *ends, long max);
+#define PIKE_NOT_RECEIVED (-1000000L)
 
-/*
- * Length of the longest proper prefix of needle that hay ends with: the
- * bytes that may be the start of a terminator split across two reads.
- */
-long pike_prefix_at_end(const char *hay, size_t hay_len,
-                        const char *needle, size_t needle_len);
+size_t pike_epoll_event_size(void);
 
-/*
- * Frames of a length-prefixed stream: each frame is a header_size-byte
- * unsigned length (1, 2, 4 or 8 bytes; big-endian unless little_endian)
- * followed by that many bytes. Writes the end offset of each complete
- * frame found from start on (at most max) to ends and returns how many;
- * returns -1 if a length exceeds max_frame (the caller closes the stream).
- */
-long pike_scan_lengths(const unsigned char *buf, size_t len, size_t start,
-                       int header_size, int little_endian,
-                       unsigned long long max_frame, long *ends, long max);
+long pike_epoll_batch(int epfd, int timeout_ms, void *event_space, int max_events,
+                      const long *receive_sizes, long receive_sizes_len,
+                      unsigned int read_events, char *arena, long arena_size,
+                      long *data_records, long *other_records);
 
 #endif

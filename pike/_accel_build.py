@@ -30,25 +30,20 @@ _CSRC = os.path.join(os.path.dirname(_HERE), "csrc")
 
 CDEF = """
 long pike_send(int fd, const char *buf, size_t len);
-long pike_recv(int fd, char *buf, size_t len);
-long pike_find(const char *hay, size_t hay_len, size_t start,
-               const char *needle, size_t needle_len);
-long pike_find_all(const char *hay, size_t hay_len, size_t start,
-                   const char *needle, size_t needle_len, long *ends, long max);
-long pike_prefix_at_end(const char *hay, size_t hay_len,
-                        const char *needle, size_t needle_len);
-long pike_scan_lengths(const unsigned char *buf, size_t len, size_t start,
-                       int header_size, int little_endian,
-                       unsigned long long max_frame, long *ends, long max);
+#define PIKE_NOT_RECEIVED ...
+size_t pike_epoll_event_size(void);
+long pike_epoll_batch(int epfd, int timeout_ms, void *event_space, int max_events,
+                      const long *receive_sizes, long receive_sizes_len,
+                      unsigned int read_events, char *arena, long arena_size,
+                      long *data_records, long *other_records);
 """
 
-# cffi's wrappers release and retake the GIL around every call. Nothing here
-# blocks (sockets are non-blocking and MSG_DONTWAIT is passed; the scanners
-# only read memory), and the release/retake pair cost about 400 user-space
+# cffi's wrappers release and retake the GIL around every call. The send
+# cannot block (sockets are non-blocking and MSG_DONTWAIT is passed), and the release/retake pair cost about 400 user-space
 # instructions a call (callgrind, CPython 3.11), more than a 1 KiB send's
 # own user-space work. So the wrappers keep the GIL: another thread waits at
-# most one non-blocking system call. A function that may block must not be
-# added here without releasing the GIL itself.
+# most one non-blocking system call. A function that may block must release
+# the GIL itself, as pike_epoll_batch does around a wait that may block.
 KEEP_GIL = """
 #undef Py_BEGIN_ALLOW_THREADS
 #define Py_BEGIN_ALLOW_THREADS {
@@ -85,7 +80,10 @@ ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "pike._pike_accel",
     KEEP_GIL + '#include "pike_accel.h"',
-    sources=[os.path.relpath(os.path.join(_CSRC, "pike_accel.c"))],
+    sources=[
+        os.path.relpath(os.path.join(_CSRC, name))
+        for name in ("pike_accel.c", "pike_batch.c")
+    ],
     include_dirs=[os.path.relpath(_CSRC)],
     extra_compile_args=["-O2"],
     **_LIMITED,

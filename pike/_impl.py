@@ -130,17 +130,27 @@ def select_implementation(name: str) -> None:
 
 
 def _apply(name: str) -> None:
-    """Install the chosen implementation's methods on Transport."""
-    from .transport import Transport
+    """Put the chosen implementation's primitives in force: Transport's
+    send, and the epoll poller made from now on."""
+    import select
 
     if name == "c":
         from . import _c_path
 
-        _c_path.install(Transport)
+        _c_path.install()
     elif ACCEL is not None:
         from . import _c_path
 
-        _c_path.uninstall(Transport)
+        _c_path.uninstall()
+    if hasattr(select, "epoll"):
+        from .poller import epoll_backend
+
+        batched = None
+        if name == "c":
+            from .poller.epoll_batch import BatchedEpollPoller
+
+            batched = BatchedEpollPoller
+        epoll_backend.use_batched_wait(batched)
 
 
 def apply_at_import() -> None:

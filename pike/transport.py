@@ -71,6 +71,19 @@ _SOCK_STREAM = socket.SOCK_STREAM
 _SOMAXCONN = socket.SOMAXCONN
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
+# The primitive beneath write() and send(): ``socket.send``'s contract, except
+# that it may return 0 instead of raising BlockingIOError. This is the one
+# place the two implementations differ beneath Transport's logic (with the
+# epoll poller's batched wait, pike.poller.epoll_batch): the C accelerator
+# installs its own (pike._c_path), which reports a would-block without
+# building an exception and keeps the GIL. The pure one is the socket method
+# itself, called unbound: no Python frame of its own.
+_send_now = socket.socket.send
+_socket_send = socket.socket.send
+
+# A receive that found nothing after all (a spurious wake-up).
+_RECEIVE_RETRY_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
+
 # The states of a transport's sending side (``_write_state``). OPEN is 0 so
 # that the hot path tests "anything but open" with one truth test.
 WRITE_OPEN = 0  # write() accepted
@@ -111,6 +124,15 @@ class Transport:
     #: for every class that does not override it (``__init_subclass__``).
     _plain_read_event = True
 
+    #: Bytes asked of the kernel per read for :meth:`handle_data` (as
+    #: asyncio and uvloop, 256 KiB: a stream moves in few, large reads).
+    read_size = 256 * 1024
+    # The class overrides handle_data and not handle_read (__init_subclass__).
+    _delivers_data = False
+    # Data (and b"" for an EOF) received for this transport while it was
+    # paused: see _hold_received.
+    _held: list[bytes] | None = None
+
     #: Seconds a listening transport stops accepting after accept() ran out
     #: of a resource (EMFILE...), as asyncio does; see :meth:`handle_accept`.
     accept_retry_delay = 1.0
@@ -126,6 +148,10 @@ class Transport:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._plain_read_event = cls.handle_read_event is Transport.handle_read_event
+        cls._delivers_data = (
+            cls.handle_data is not Transport.handle_data
+            and cls.handle_read is Transport.handle_read
+        )
 
     def __init__(self, alternate_poller: Poller | None = None, sock: socket.socket | None = None) -> None:
         self.poller = alternate_poller if alternate_poller is not None else get_poller()
@@ -140,6 +166,9 @@ class Transport:
         self._queue: WriteQueue | None = None  # made on first use
         self._write_state = WRITE_OPEN  # one of the WRITE_* states above
         self._plain_read_event = type(self)._plain_read_event  # (a copy: as above)
+        # > 0: the poller receives up to this many bytes for us and calls
+        # handle_data (see _update_receive_size and pike.poller.channel).
+        self._receive_size = 0
         if sock is not None:
             self.set_socket(sock)
 
@@ -174,6 +203,7 @@ class Transport:
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 self._note_existing_state(sock)
             self.poller.add_channel(self)
+            self._update_receive_size()
         except BaseException:
             # Leave the transport as it was; the caller still owns ``sock``.
             self.socket = None
@@ -229,6 +259,7 @@ class Transport:
     def listen(self, backlog: int = _SOMAXCONN) -> None:
         self._require_socket().listen(backlog)
         self.accepting = True
+        self._update_receive_size()
 
     def accept(self) -> tuple[socket.socket, Any] | None:
         """Accept one pending connection: ``(sock, address)``, or None."""
@@ -293,6 +324,7 @@ class Transport:
         layer = TLSLayer(self, context, server_side, server_hostname,
                          handshake_timeout, close_timeout)
         self.tls = layer
+        self._update_receive_size()  # TLS receives through its own recv()
         layer.install()
         if self.connected:
             layer.begin()
@@ -346,6 +378,7 @@ class Transport:
             return
         self.connecting = False
         self.connected = True
+        self._update_receive_size()
         # The connect's own write notification, if still armed, is spent.
         pending = bool(self._queue) or self._write_state
         if not pending:
@@ -380,8 +413,34 @@ class Transport:
             self.handle_error()
 
     def handle_read(self) -> None:
-        """The socket has data (or EOF) to read: call :meth:`recv`."""
-        self.recv(65536)  # by default: discard, and notice EOF
+        """The socket has data (or EOF) to read: call :meth:`recv`.
+
+        A class that overrides :meth:`handle_data` (and not this method)
+        gets its data there; otherwise the default discards what it reads,
+        and notices the EOF.
+        """
+        if self._delivers_data:
+            data = self.recv(self.read_size)
+            if data:
+                self.handle_data(data)
+        else:
+            self.recv(65536)
+
+    def handle_data(self, data: bytes) -> None:
+        """Opt in to receive data here instead of calling :meth:`recv`.
+
+        Override it (and leave :meth:`handle_read` alone) and the transport
+        receives for you: each call brings the bytes of one read, up to
+        :attr:`read_size`, never empty. The EOF still goes to
+        :meth:`handle_read_eof` and then :meth:`handle_close` (or
+        :meth:`handle_eof`), and a lost connection to :meth:`handle_close`,
+        exactly as with ``recv()``. No calls come while reading is paused.
+
+        Besides sparing a protocol its ``recv()`` call, this lets the poller
+        receive for many transports at once: with the C accelerator on
+        epoll, one call into C waits and receives for every ready transport
+        of a loop iteration.
+        """
 
     def handle_write(self) -> None:
         """A write notification fired: the socket may take more data now."""
@@ -502,11 +561,13 @@ class Transport:
         if self._queue:
             self.poller.defer_write(self)
             return 0
+        sock = self.socket
+        if sock is None:
+            raise self._not_open()
         try:
-            return self.socket.send(data)
+            sent = _send_now(sock, data)
         except (BlockingIOError, InterruptedError):
-            self.poller.defer_write(self)
-            return 0
+            sent = 0
         except OSError as exc:
             if self.closed:
                 raise self._not_open() from None
@@ -514,8 +575,9 @@ class Transport:
                 self.handle_close()
                 return 0
             raise
-        except AttributeError:
-            raise self._not_open() from None
+        if not sent and data:
+            self.poller.defer_write(self)  # it would block: say when it won't
+        return sent
 
     def sendto(self, data: Buffer, address: Any) -> int:
         """Send one datagram; 0 when it would block (a notification is armed)."""
@@ -562,6 +624,67 @@ class Transport:
             return  # close_when_done() already closes once drained
         self.handle_close()
 
+    def _update_receive_size(self) -> None:
+        """Let the poller receive for us when we deliver through handle_data.
+
+        Only on a connected stream socket without TLS (which decrypts in its
+        own ``recv``): not while connecting, listening, or closed.
+        """
+        size = 0
+        if (
+            self._delivers_data
+            and self.connected
+            and not (self.closed or self.accepting or self.connecting)
+            and self.tls is None
+            and self.socket is not None
+            and self.socket.type == socket.SOCK_STREAM
+        ):
+            size = self.read_size
+        if size != self._receive_size:
+            self._receive_size = size
+            self.poller.update_interest(self)
+
+    def _receive_ended(self, err: int) -> None:
+        """The poller's receive for us found EOF (``err`` 0) or failed."""
+        if not err:
+            self._peer_eof()
+        elif err in CONNECTION_LOST_ERRNOS:
+            self.handle_close()
+        elif err not in _RECEIVE_RETRY_ERRNOS:
+            raise OSError(err, os.strerror(err))
+
+    def _hold_received(self, data: bytes) -> None:
+        """Keep what the poller received for us while we were paused.
+
+        The C poller receives for every ready transport before it calls any
+        of them back, so a callback that pauses another transport in the
+        same iteration finds that transport's data already read. It waits
+        here (b"" for the EOF) and is delivered, in order, after
+        :meth:`resume_reading`; until then reading stays paused.
+        """
+        if self._held is None:
+            self._held = [data]
+        else:
+            self._held.append(data)
+
+    def _release_held(self) -> None:
+        held = self._held
+        if held is None or self.closed:
+            return
+        # Resumed: a handle_data below may pause again, which stops here.
+        self._reading = True
+        while held and self._reading and not self.closed:
+            data = held.pop(0)
+            if not data:
+                self._held = None
+                self._peer_eof()
+                return
+            self.handle_data(data)
+        if not held:
+            self._held = None
+        if self._reading and not self.closed:
+            self.poller.update_interest(self)
+
     def _report_eof_close(self) -> None:
         self._close_after_drain = False
         self.handle_close()
@@ -586,7 +709,7 @@ class Transport:
             self._enqueue(data)
             return
         try:
-            sent = self.socket.send(data)
+            sent = _socket_send(self.socket, data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
@@ -791,6 +914,10 @@ class Transport:
             self.poller.update_interest(self)
 
     def resume_reading(self) -> None:
+        if self._held is not None:
+            # Deliver what was held first, from the loop (as any data).
+            self.poller.call_later(0, self._release_held)
+            return
         if not self._reading and not self.eof_received:
             self._reading = True
             self.poller.update_interest(self)
@@ -818,6 +945,8 @@ class Transport:
         self.closed = True
         self.connected = self.connecting = self.accepting = False
         self._reading = False
+        self._receive_size = 0
+        self._held = None
         self._write_armed = False
         self.poller.del_channel(self)
         if self._queue is not None:

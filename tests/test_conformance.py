@@ -125,6 +125,8 @@ def test_a_poller_that_forgets_closed_fds_is_caught(poller):
     base = type(poller)
     if not hasattr(base, "_dispatch"):
         pytest.skip("not a pure-Python poller")
+    if base.__name__ == "BatchedEpollPoller":
+        pytest.skip("its batches are C records; the plain pollers show the battery's teeth")
 
     class Forgetful(base):
         """Keeps dispatching events to channels that were closed in the batch."""

@@ -673,17 +673,21 @@ def test_hung_up_socket_with_reading_paused_does_not_spin(poller, pair, monkeypa
     real_wait = poller._wait
 
     def counting_wait(timeout):
-        events = list(real_wait(timeout))
-        waits.append(events)
+        events = real_wait(timeout)
+        if isinstance(events, int):
+            waits.append(events)  # the C epoll poller's batch: a record count
+        else:
+            events = list(events)
+            waits.append(len(events))
         return events
 
     monkeypatch.setattr(poller, "_wait", counting_wait)
     assert poller.poll(0.2) == 0
-    assert waits == [[]], "the kernel woke us for a channel that wants nothing"
+    assert waits == [0], "the kernel woke us for a channel that wants nothing"
     waits.clear()
     iterations = poller.loop(timeout=0.3)
     assert iterations <= 3, f"spun {iterations} times in 0.3 s"
-    assert all(events == [] for events in waits)
+    assert all(count == 0 for count in waits)
     # Resuming delivers the EOF: the default handle_close closes it.
     t.resume_reading()
     assert poller.poll(5) == 1

@@ -190,13 +190,17 @@ def test_a_burst_of_wakeups_leaves_no_spin(poller, rescue, monkeypatch):
     real_wait = poller._wait
 
     def spying_wait(timeout):
-        events = list(real_wait(timeout))
-        waits.append(events)
+        events = real_wait(timeout)
+        if isinstance(events, int):
+            waits.append(events)  # the C epoll poller's batch: a record count
+        else:
+            events = list(events)
+            waits.append(len(events))
         return events
 
     monkeypatch.setattr(poller, "_wait", spying_wait)
     assert poller.poll(0.2) == 0
-    assert waits == [[]], "the poller was woken with nothing to do"
+    assert waits == [0], "the poller was woken with nothing to do"
     iterations = poller.loop(timeout=0.3)
     assert iterations <= 3, f"spun {iterations} times in 0.3 s"
 

@@ -222,10 +222,8 @@ def serve_pike(poller_name, port, ready_fd, expect_impl=None):
         )
 
     class Echo(Transport):
-        def handle_read(self):
-            data = self.recv(RECV_SIZE)
-            if data:
-                self.write(data)
+        def handle_data(self, data):
+            self.write(data)
 
     class Listener(Transport):
         def handle_accepted(self, sock, addr):

@@ -22,6 +22,17 @@ The contract, all of which :class:`Channel` sets up:
     A promise that ``handle_read_event`` is Transport's own, so the poller
     may make its decision inline (a Python call saved per read event).
     False for every other channel.
+``_receive_size`` (int)
+    0: the channel reads for itself in ``handle_read_event``. Above 0 (a
+    Transport whose class delivers through ``handle_data``): when the fd is
+    readable, the poller receives up to that many bytes from the channel's
+    ``socket`` on its behalf and calls ``handle_data(data)`` with them, or
+    ``_receive_ended(err)`` for an EOF (``err`` 0) or a failed receive
+    (``err`` the errno); a receive that would block calls nothing. A poller
+    that receives for several channels before calling any back (the C
+    accelerator's epoll poller) hands data that arrives for a channel paused
+    meanwhile to ``_hold_received(data)`` (b"" for an EOF). Call
+    ``poller.update_interest(channel)`` after changing it.
 ``handle_read_event()`` / ``handle_write_event()``
     The fd is readable (or hung up, or in error) while reading; an armed
     write notification fired.
@@ -55,6 +66,7 @@ if TYPE_CHECKING:  # hints only: no typing cost at import
         _reading: bool
         _write_armed: bool
         _plain_read_event: bool
+        _receive_size: int
 
         def handle_read_event(self) -> None: ...
         def handle_write_event(self) -> None: ...
@@ -79,6 +91,7 @@ class Channel:
     """
 
     _plain_read_event = False
+    _receive_size = 0
 
     def __init__(self, poller: Poller, fd: int, reading: bool = True) -> None:
         self.poller = poller

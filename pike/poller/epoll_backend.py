@@ -8,10 +8,30 @@ import select
 from .loop import READ, WRITE, Poller
 
 
+# The class EpollPoller() makes instead of itself: the C accelerator's
+# batched poller while the C implementation is in force (None: plain).
+_batched_class = None
+
+
+def use_batched_wait(cls):
+    """Make ``EpollPoller()`` build ``cls`` (a subclass), or itself for None.
+
+    Called by :mod:`pike._impl` when the implementation is chosen, so that
+    every way of making an epoll poller gets the implementation in force.
+    """
+    global _batched_class
+    _batched_class = cls
+
+
 class EpollPoller(Poller):
     """Linux ``epoll``: O(ready fds) per wait, no fd limit."""
 
     name = "epoll"
+
+    def __new__(cls, *args, **kwargs):
+        if cls is EpollPoller and _batched_class is not None:
+            cls = _batched_class
+        return super().__new__(cls)
     _READ_EVENTS = select.EPOLLIN | select.EPOLLPRI | select.EPOLLERR | select.EPOLLHUP
     _WRITE_EVENTS = select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP
 

@@ -34,6 +34,7 @@ Facts the code relies on:
 from __future__ import annotations
 
 import collections
+import errno
 import logging
 import math
 import sys
@@ -450,10 +451,24 @@ class Poller:
                 if bits & read_bits and channel._reading:
                     count += 1
                     try:
+                        if channel._receive_size:
+                            # The channel delivers through handle_data: receive
+                            # for it here (see pike.poller.channel).
+                            try:
+                                data = channel.socket.recv(channel._receive_size)  # type: ignore[attr-defined]
+                            except (BlockingIOError, InterruptedError):
+                                pass  # a spurious wake-up
+                            except OSError as exc:
+                                channel._receive_ended(exc.errno or errno.EIO)  # type: ignore[attr-defined]
+                            else:
+                                if data:
+                                    channel.handle_data(data)  # type: ignore[attr-defined]
+                                else:
+                                    channel._receive_ended(0)  # type: ignore[attr-defined]
                         # What Transport.handle_read_event would do, without
                         # its frame: the most frequent call of the loop.
                         # (_plain_read_event promises a Transport.)
-                        if channel._plain_read_event and not (
+                        elif channel._plain_read_event and not (
                             channel.connecting or channel.accepting  # type: ignore[attr-defined]
                         ):
                             channel.handle_read()  # type: ignore[attr-defined]
@@ -467,21 +482,32 @@ class Poller:
                         continue  # no write wanted, or closed by its read callback
                 # (_write_armed first: the cheaper test, and mostly False.)
                 if channel._write_armed and bits & write_bits:
-                    # One-shot: disarm first so the callback can re-arm.
-                    channel._write_armed = False
-                    self._dirty[fd] = channel
                     count += 1
-                    try:
-                        channel.handle_write_event()
-                    except (KeyboardInterrupt, SystemExit):
-                        raise
-                    except BaseException:
-                        self._callback_failed(channel)
+                    self._write_event(fd, channel)
         finally:
             self._dispatching = False
             if stale:
                 stale.clear()
         return count
+
+    def _write_event(self, fd: int, channel: ChannelLike) -> None:
+        """An armed write notification fired: disarm it, then call back.
+
+        One-shot: disarmed first, so that the callback can arm it again.
+        """
+        channel._write_armed = False
+        self._dirty[fd] = channel
+        self._call_guarded(channel, channel.handle_write_event)
+
+    def _call_guarded(self, channel: ChannelLike, callback: Callable[..., Any], *args: Any) -> None:
+        """Run one of ``channel``'s callbacks; what it raises goes to
+        :meth:`_callback_failed` (KeyboardInterrupt and SystemExit go on)."""
+        try:
+            callback(*args)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:
+            self._callback_failed(channel)
 
     def _callback_failed(self, channel: ChannelLike) -> None:
         """Route the exception being handled to the channel's callbacks.
