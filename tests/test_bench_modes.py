@@ -66,6 +66,13 @@ def test_tool_modes_get_the_rest_of_the_command_line(monkeypatch):
     assert seen == [("spiro", ["--seconds", "1"]), ("workers", ["--sessions", "3"])]
 
 
+def test_mode_without_a_value_is_refused(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--mode"])
+    assert exc.value.code == 2
+    assert "--mode" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["2g", "-1", "lots"])
 def test_bad_file_size_is_refused(value, capsys):
     with pytest.raises(SystemExit) as exc:

@@ -375,12 +375,19 @@ def _run_tls(args, parser, progress):
 
 
 def _tool_mode(argv):
-    """``(mode, the rest of argv)`` when ``argv`` asks for a tool mode, else None."""
-    pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    pre.add_argument("--mode")
-    known, rest = pre.parse_known_args(argv)
-    if known.mode in TOOL_MODES:
-        return known.mode, rest
+    """``(mode, the rest of argv)`` when ``argv`` asks for a tool mode, else None.
+
+    Only ``--mode NAME`` and ``--mode=NAME`` are looked for: anything else,
+    a missing value included, is left to the benchmark's own parser.
+    """
+    for index, arg in enumerate(argv):
+        if arg == "--mode" and index + 1 < len(argv):
+            mode, rest = argv[index + 1], argv[:index] + argv[index + 2:]
+        elif arg.startswith("--mode="):
+            mode, rest = arg.partition("=")[2], argv[:index] + argv[index + 1:]
+        else:
+            continue
+        return (mode, rest) if mode in TOOL_MODES else None
     return None
 
 
