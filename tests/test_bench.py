@@ -17,7 +17,7 @@ import threading
 import pytest
 
 import pike
-from pike.bench import cpu, loadgen, native, plot, report, runner, servers
+from pike.bench import cpu, loadgen, loadgen_runs, native, plot, processes, report, runner, runs, servers
 
 PIKE_KIND = f"pike-{pike.available_pollers()[0]}"
 PIKE_PY = f"{PIKE_KIND}:python"
@@ -31,20 +31,20 @@ def c_loadgen():
     """The C load generator, or a skip."""
     if not HAVE_CC:
         pytest.skip("no C compiler (or not Linux)")
-    gen, note = runner.Loadgen.choose("c")
+    gen, note = loadgen_runs.Loadgen.choose("c")
     assert note is None
     return gen
 
 
 @pytest.fixture
 def procs():
-    with runner.ProcessSet() as procs:
+    with processes.ProcessSet() as procs:
         yield procs
 
 
 @pytest.fixture
 def pike_server(procs):
-    server = runner.ServerProcess(procs, runner.ServerSpec(PIKE_KIND), max_seconds=60)
+    server = processes.ServerProcess(procs, processes.ServerSpec(PIKE_KIND), max_seconds=60)
     try:
         yield server
     finally:
@@ -71,7 +71,7 @@ def test_every_server_kind_echoes(procs, kind):
         pytest.skip(f"{kind} is not available here")
     if kind == "c-ref" and servers.c_ref_unavailable():
         pytest.skip(f"c-ref: {servers.c_ref_unavailable()}")
-    server = runner.ServerProcess(procs, runner.ServerSpec(kind), max_seconds=60)
+    server = processes.ServerProcess(procs, processes.ServerSpec(kind), max_seconds=60)
     try:
         assert server.info["kind"] == kind
         assert server.info["pid"] == server.pid
@@ -84,8 +84,8 @@ def test_every_server_kind_echoes(procs, kind):
 
 
 def test_pike_server_reports_its_implementation(procs):
-    spec = runner.ServerSpec(PIKE_KIND, "python")
-    server = runner.ServerProcess(procs, spec, max_seconds=60)
+    spec = processes.ServerSpec(PIKE_KIND, "python")
+    server = processes.ServerProcess(procs, spec, max_seconds=60)
     try:
         assert server.info["implementation"] == "python"
         assert server.info["poller"] == PIKE_KIND.split("-", 1)[1]
@@ -94,27 +94,27 @@ def test_pike_server_reports_its_implementation(procs):
 
 
 def test_server_that_cannot_start_is_reported(procs):
-    spec = runner.ServerSpec(PIKE_KIND, "c")
+    spec = processes.ServerSpec(PIKE_KIND, "c")
     if "c" in pike._impl.available_implementations():
         pytest.skip("the accelerator is built: PIKE_IMPL=c starts fine")
-    with pytest.raises(runner.BenchError, match="did not start"):
-        runner.ServerProcess(procs, spec, max_seconds=60)
+    with pytest.raises(processes.BenchError, match="did not start"):
+        processes.ServerProcess(procs, spec, max_seconds=60)
 
 
 def test_server_spec_parsing():
-    assert runner.ServerSpec.parse("asyncio").label == "asyncio"
-    spec = runner.ServerSpec.parse("pike-poll:python")
+    assert processes.ServerSpec.parse("asyncio").label == "asyncio"
+    spec = processes.ServerSpec.parse("pike-poll:python")
     assert (spec.kind, spec.impl, spec.label) == ("pike-poll", "python", "pike-poll:python")
-    assert runner.ServerSpec.parse("pike-poll:auto").label == "pike-poll"
+    assert processes.ServerSpec.parse("pike-poll:auto").label == "pike-poll"
     with pytest.raises(ValueError):
-        runner.ServerSpec.parse("nginx")
+        processes.ServerSpec.parse("nginx")
     with pytest.raises(ValueError):
-        runner.ServerSpec.parse("asyncio:c")
+        processes.ServerSpec.parse("asyncio:c")
     with pytest.raises(ValueError):
-        runner.ServerSpec.parse("pike-poll:fortran")
+        processes.ServerSpec.parse("pike-poll:fortran")
     with pytest.raises(ValueError):
-        runner.ServerSpec.parse("c-ref:c")
-    assert runner.ServerSpec.parse("c-ref").label == "c-ref"
+        processes.ServerSpec.parse("c-ref:c")
+    assert processes.ServerSpec.parse("c-ref").label == "c-ref"
 
 
 @needs_cc
@@ -135,8 +135,8 @@ def test_c_ref_that_cannot_be_built_is_skipped_clearly(monkeypatch, procs):
     monkeypatch.setattr(native, "build", no_build)
     assert "c-ref" not in servers.available_kinds()
     assert "no C compiler" in servers.c_ref_unavailable()
-    with pytest.raises(runner.BenchError, match="c-ref is unavailable: no C compiler"):
-        runner.ServerProcess(procs, runner.ServerSpec("c-ref"), max_seconds=60)
+    with pytest.raises(processes.BenchError, match="c-ref is unavailable: no C compiler"):
+        processes.ServerProcess(procs, processes.ServerSpec("c-ref"), max_seconds=60)
     parser = cli.build_parser()
     specs, skipped = cli._servers(parser.parse_args([]), parser, ["python"])
     assert "c-ref" not in [spec.label for spec in specs]
@@ -144,17 +144,17 @@ def test_c_ref_that_cannot_be_built_is_skipped_clearly(monkeypatch, procs):
     with pytest.raises(SystemExit):
         cli._servers(parser.parse_args(["--servers", "c-ref"]), parser, ["python"])
     # ... and the load generator falls back to the Python one, with a note.
-    gen, note = runner.Loadgen.choose()
+    gen, note = loadgen_runs.Loadgen.choose()
     assert gen.kind == "python" and "no C compiler" in note
-    with pytest.raises(runner.BenchError, match="cannot be built"):
-        runner.Loadgen.choose("c")
-    assert runner.Loadgen.choose("python")[0].kind == "python"
+    with pytest.raises(processes.BenchError, match="cannot be built"):
+        loadgen_runs.Loadgen.choose("c")
+    assert loadgen_runs.Loadgen.choose("python")[0].kind == "python"
 
 
 def test_pike_implementations_probe():
-    impls = runner.pike_implementations()
+    impls = processes.pike_implementations()
     assert impls[0] == "python" and set(impls) <= {"python", "c"}
-    env = runner.child_env({"PIKE_IMPL": "c"})
+    env = processes.child_env({"PIKE_IMPL": "c"})
     code = "import pike; assert pike.IMPLEMENTATION == 'c'"
     probe = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=60)
     assert ("c" in impls) == (probe.returncode == 0)
@@ -199,7 +199,7 @@ def test_loadgen_large_messages_and_partial_sends(pike_server):
 
 
 def test_loadgen_as_a_process(procs, pike_server):
-    result = runner.run_loadgen(
+    result = loadgen_runs.run_loadgen(
         procs, pike_server.port, 2, 512, 0.05, 0.3, server_pid=pike_server.pid
     )
     assert result["requests"] > 0 and result["connections"] == 2
@@ -225,8 +225,8 @@ def _check_pingpong_run(run, connections, size):
 
 @pytest.mark.parametrize("kind", [PIKE_KIND, "c-ref"])
 def test_run_once_with_the_c_loadgen(procs, c_loadgen, kind):
-    spec = runner.ServerSpec(kind, "python" if kind == PIKE_KIND else None)
-    run = runner.run_once(procs, spec, 3, 700, 0.05, 0.3, loadgen=c_loadgen)
+    spec = processes.ServerSpec(kind, "python" if kind == PIKE_KIND else None)
+    run = runs.run_once(procs, spec, 3, 700, 0.05, 0.3, loadgen=c_loadgen)
     _check_pingpong_run(run, 3, 700)
     assert run["loadgen"] == "c" and run["server"] == spec.label
     assert run["server_info"]["implementation"] in ("python", "c")
@@ -234,7 +234,7 @@ def test_run_once_with_the_c_loadgen(procs, c_loadgen, kind):
 
 
 def test_run_once_with_the_python_loadgen(procs):
-    run = runner.run_once(procs, runner.ServerSpec(PIKE_KIND, "python"), 2, 512, 0.05, 0.3)
+    run = runs.run_once(procs, processes.ServerSpec(PIKE_KIND, "python"), 2, 512, 0.05, 0.3)
     _check_pingpong_run(run, 2, 512)
     assert run["loadgen"] == "python"
     assert run["bytes_verified"] == run["requests_total"] * 512
@@ -261,11 +261,11 @@ def test_stream_mode(procs, which):
     if which == "c":
         if not HAVE_CC:
             pytest.skip("no C compiler")
-        gen = runner.Loadgen.choose("c")[0]
+        gen = loadgen_runs.Loadgen.choose("c")[0]
     else:
-        gen = runner.Loadgen("python")
-    run = runner.run_once(
-        procs, runner.ServerSpec(PIKE_KIND, "python"), 2, 4096, 0.05, 0.3,
+        gen = loadgen_runs.Loadgen("python")
+    run = runs.run_once(
+        procs, processes.ServerSpec(PIKE_KIND, "python"), 2, 4096, 0.05, 0.3,
         loadgen=gen, mode="stream", window=65536,
     )
     _check_stream_run(run, 2, 4096)
@@ -277,9 +277,9 @@ def test_py_floor_streams_through_partial_sends(procs):
     and 64 KiB writes its sends come up short, and every byte is checked."""
     if "py-floor" not in servers.available_kinds(native=False):
         pytest.skip("py-floor needs select.epoll")
-    gen = runner.Loadgen.choose()[0]
-    run = runner.run_once(
-        procs, runner.ServerSpec("py-floor"), 2, 65536, 0.05, 0.5,
+    gen = loadgen_runs.Loadgen.choose()[0]
+    run = runs.run_once(
+        procs, processes.ServerSpec("py-floor"), 2, 65536, 0.05, 0.5,
         loadgen=gen, mode="stream", window=1 << 20,
     )
     assert "error" not in run, run.get("error")
@@ -322,9 +322,9 @@ def test_python_stream_catches_a_bad_echo(mode, error):
 def test_scale_mode(procs, kind):
     if kind == "c-ref" and not HAVE_CC:
         pytest.skip("no C compiler")
-    gen = runner.Loadgen.choose()[0]
-    spec = runner.ServerSpec(kind, "python" if kind == PIKE_KIND else None)
-    run = runner.run_scale_once(procs, spec, 50, 2, 256, 0.05, 0.3, loadgen=gen)
+    gen = loadgen_runs.Loadgen.choose()[0]
+    spec = processes.ServerSpec(kind, "python" if kind == PIKE_KIND else None)
+    run = runs.run_scale_once(procs, spec, 50, 2, 256, 0.05, 0.3, loadgen=gen)
     assert "error" not in run and "skipped" not in run
     assert run["mode"] == "scale" and run["idle"] == 50 and run["connections"] == 2
     for which in ("without", "with"):
@@ -343,10 +343,10 @@ def test_scale_mode(procs, kind):
 
 
 def test_scale_skips_select_servers_that_cannot_hold_the_fds(procs):
-    spec = runner.ServerSpec("pike-select", "python")
-    run = runner.run_scale_once(procs, spec, 5000, 10, 1024, 0.05, 0.3)
+    spec = processes.ServerSpec("pike-select", "python")
+    run = runs.run_scale_once(procs, spec, 5000, 10, 1024, 0.05, 0.3)
     assert "select()" in run["skipped"] and not procs._procs
-    assert runner.scale_skip_reason(spec, 50, 10) is None
+    assert runs.scale_skip_reason(spec, 50, 10) is None
 
 
 def test_servers_raise_their_fd_limit():
@@ -357,7 +357,7 @@ def test_servers_raise_their_fd_limit():
         "sys.exit(0 if soft == resource.getrlimit(resource.RLIMIT_NOFILE)[0] and "
         "(soft == hard or hard == resource.RLIM_INFINITY) else 1)"
     )
-    proc = subprocess.run([sys.executable, "-c", code], env=runner.child_env(), timeout=30)
+    proc = subprocess.run([sys.executable, "-c", code], env=processes.child_env(), timeout=30)
     assert proc.returncode == 0
 
 
@@ -367,7 +367,7 @@ def test_idle_connections_are_closed_without_time_wait():
     listener.listen(64)
     port = listener.getsockname()[1]
     try:
-        with runner.IdleConnections() as pool:
+        with runs.IdleConnections() as pool:
             pool.open(port, 20, timeout=10)
             assert len(pool.socks) == 20
             accepted = [listener.accept()[0] for _ in range(20)]
@@ -382,15 +382,15 @@ def test_idle_connections_are_closed_without_time_wait():
 
 
 def test_run_once_falls_back_to_rusage_lifetime(procs, monkeypatch):
-    real = runner.run_loadgen
+    real = loadgen_runs.run_loadgen
 
     def without_server_cpu(*args, **kwargs):
         result = real(*args, **kwargs)
         result["server_cpu_s"] = result["server_cpu_source"] = None
         return result
 
-    monkeypatch.setattr(runner, "run_loadgen", without_server_cpu)
-    run = runner.run_once(procs, runner.ServerSpec(PIKE_KIND), 1, 256, 0.05, 0.3)
+    monkeypatch.setattr(loadgen_runs, "run_loadgen", without_server_cpu)
+    run = runs.run_once(procs, processes.ServerSpec(PIKE_KIND), 1, 256, 0.05, 0.3)
     assert run["server"] == PIKE_KIND and run["requests"] > 0
     if cpu.children_cpu_seconds() is not None:
         assert run["server_cpu_source"] == "rusage-lifetime"
@@ -512,8 +512,8 @@ def test_cpu_accounting_sources():
 
 
 def test_processes_are_cleaned_up():
-    with runner.ProcessSet() as procs:
-        server = runner.ServerProcess(procs, runner.ServerSpec(PIKE_KIND), max_seconds=60)
+    with processes.ProcessSet() as procs:
+        server = processes.ServerProcess(procs, processes.ServerSpec(PIKE_KIND), max_seconds=60)
         proc = server.proc
         assert proc.poll() is None
         # A child that ignores SIGTERM still goes (SIGKILL after the timeout).
@@ -771,7 +771,7 @@ def test_cli_plot_from_json(tmp_path):
     chart = tmp_path / "r.png"
     proc = subprocess.run(
         [sys.executable, "-m", "pike", "bench", "--from-json", str(data), "--plot", str(chart)],
-        capture_output=True, text=True, timeout=60, cwd=ROOT, env=runner.child_env(),
+        capture_output=True, text=True, timeout=60, cwd=ROOT, env=processes.child_env(),
     )
     assert proc.returncode == 0, proc.stderr
     assert "ping-pong echo" in proc.stdout
@@ -796,7 +796,7 @@ def _run_cli(prefix, tmp_path, extra=()):
         "--repeat", "1",
         "--json", str(path),
     ] + list(extra)
-    env = runner.child_env()
+    env = processes.child_env()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=50, cwd=ROOT, env=env)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     lines = proc.stdout.splitlines()
@@ -830,19 +830,19 @@ def test_python_m_pike_bench_every_mode(tmp_path):
     cmd = [
         sys.executable, "-m", "pike", "bench", "--mode", "all",
         "--servers", f"{PIKE_PY},c-ref", "--connections", "2", "--size", "1k",
-        "--window", "16k", "--idle", "50", "--active", "2",
+        "--window", "16k", "--idle", "50", "--active", "2", "--file-size", "1m",
         "--duration", "0.3", "--warmup", "0.05", "--repeat", "1",
         "--json", str(path), "--plot", str(chart),
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=ROOT,
-                          env=runner.child_env())
+                          env=processes.child_env())
     assert proc.returncode == 0, proc.stderr + proc.stdout
     results = report.read_json(str(path))
     assert results["loadgen"]["kind"] == "c"
     assert results["settings"]["modes"] == ["pingpong", "stream", "scale"]
     modes = [case["mode"] for case in results["cases"]]
-    assert modes == ["pingpong", "stream", "scale"]
-    pingpong, stream, scale = results["cases"]
+    assert modes == ["pingpong", "stream", "file", "scale"]
+    pingpong, stream, file_row, scale = results["cases"]
     assert pingpong["reference"] == "c-ref"
     row = pingpong["summary"][PIKE_PY]
     for field in ("server_cpu_us_per_req", "rps", "p50_us", "p99_us", "cpu_vs_c_ref",
@@ -853,13 +853,17 @@ def test_python_m_pike_bench_every_mode(tmp_path):
     row = stream["summary"][PIKE_PY]
     assert row["mib_per_s"] > 0 and row["mib_per_s_vs_c_ref"] is not None
     assert row["server_cpu_us_per_mib"] is not None
+    row = file_row["summary"][PIKE_PY]
+    assert row["mib_per_s"] > 0 and row["mib_per_s_vs_c_ref"] is not None
+    assert file_row["size"] == 1024 * 1024
     row = scale["summary"][PIKE_PY]
     assert row["rps_without"] > 0 and row["rps_with"] > 0 and row["rps_ratio"] > 0
     assert row["idle_kib_per_conn"] is not None
     assert scale["runs"][0]["idle"] == 50
-    for text in ("ping-pong echo", "stream echo", "beside 50 idle connections", "KiB/idle conn"):
+    for text in ("ping-pong echo", "stream echo", "file serving", "beside 50 idle connections",
+                 "KiB/idle conn"):
         assert text in proc.stdout
-    assert "[6/6]" in proc.stderr
+    assert "[8/8]" in proc.stderr
     if plot.unavailable() is None:
         assert chart.read_bytes()[:4] == b"\x89PNG"
     else:
@@ -911,7 +915,7 @@ def test_quick_settings_and_estimate():
 
     assert cli.PINGPONG_CONNECTIONS[1] == [10, 100] and cli.PINGPONG_SIZES[1] == [1024]
     settings = runner.Settings(
-        [runner.ServerSpec("asyncio")], modes=["pingpong", "stream", "scale"],
+        [processes.ServerSpec("asyncio")], modes=["pingpong", "stream", "scale"],
         connections=[10, 100], sizes=[1024], idle=[1000, 10000], repeat=1,
     )
     cases = settings.cases()
@@ -919,4 +923,4 @@ def test_quick_settings_and_estimate():
     assert settings.total_runs() == 5
     assert settings.estimated_seconds() > 0
     with pytest.raises(ValueError):
-        runner.Settings([runner.ServerSpec("asyncio")], modes=["sideways"])
+        runner.Settings([processes.ServerSpec("asyncio")], modes=["sideways"])

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import pike
-from pike.bench import cli, headline, runner, servers
+from pike.bench import cli, headline, processes, runner, servers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PIKE_KIND = f"pike-{pike.available_pollers()[0]}"
@@ -36,7 +36,7 @@ def _plan(monkeypatch, argv, impls=(["python", "c"], None)):
         captured.update(settings=settings, notes=list(notes or []))
         raise KeyboardInterrupt  # stop before any process starts
 
-    monkeypatch.setattr(runner, "probe_implementations", lambda *a, **k: impls)
+    monkeypatch.setattr(processes, "probe_implementations", lambda *a, **k: impls)
     monkeypatch.setattr(runner, "run_benchmark", fake_run)
     assert cli.main(argv) == 130
     return captured["settings"], captured["notes"]
@@ -73,10 +73,10 @@ def test_note_says_why_c_is_not_used(monkeypatch, capsys):
 
 
 def test_probe_matches_the_accelerator():
-    impls, problem = runner.probe_implementations()
+    impls, problem = processes.probe_implementations()
     assert (problem is None) == ("c" in impls)
     code = "import pike; print(pike.IMPLEMENTATION)"
-    out = subprocess.run([sys.executable, "-c", code], env=runner.child_env({"PIKE_IMPL": "auto"}),
+    out = subprocess.run([sys.executable, "-c", code], env=processes.child_env({"PIKE_IMPL": "auto"}),
                          capture_output=True, text=True, timeout=60).stdout.strip()
     assert ("c" in impls) == (out == "c")
 
@@ -127,7 +127,7 @@ def test_default_run_prints_one_table():
     cmd = [sys.executable, "-m", "pike", "bench", "--duration", "0.3", "--warmup", "0.05",
            "--repeat", "1", "--loadgen", "python"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env=runner.child_env())
+                          env=processes.child_env())
     assert proc.returncode == 0, proc.stderr + proc.stdout
     out = proc.stdout
     assert "What it means" in out and "10 conn x 1 KiB" in out and "100 conn x 1 KiB" in out

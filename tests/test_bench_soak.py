@@ -18,7 +18,7 @@ import threading
 import pytest
 
 from pike import _impl
-from pike.bench import runner, soak, soak_cli
+from pike.bench import processes, soak, soak_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMPLS = ["python", "c"]
@@ -26,7 +26,7 @@ HAVE_UNIX = hasattr(socket, "AF_UNIX")
 
 @pytest.fixture
 def procs():
-    with runner.ProcessSet() as procs:
+    with processes.ProcessSet() as procs:
         yield procs
 
 
@@ -69,7 +69,7 @@ def test_cli_soak_prints_the_bounds(tmp_path):
            "--cycles", "160", "--transport", "tcp,unix" if HAVE_UNIX else "tcp",
            "--json", str(path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT,
-                          env=runner.child_env())
+                          env=processes.child_env())
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert "bounds held" in proc.stdout and "soak PASSED" in proc.stdout
     runs = json.loads(path.read_text())["runs"]

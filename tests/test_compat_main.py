@@ -167,7 +167,7 @@ def test_finder_can_be_taken_off_again():
 
 @pytest.mark.parametrize("kind, lines", [("compat-asyncore", False), ("compat-asynchat", True)])
 def test_bench_compat_servers_echo(tmp_path, kind, lines):
-    """The scale benchmark's legacy servers, as scripts/bench_compat_scale.py runs them."""
+    """The scale benchmark's legacy servers, as ``--mode compat-scale`` runs them."""
     import json
     import socket
 

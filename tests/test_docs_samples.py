@@ -322,5 +322,5 @@ def test_markdown_extraction_and_markers():
 def test_statements_are_told_from_commands():
     assert _parses_as_statements("def f(self):\n    return 1\n")
     assert not _parses_as_statements("python -m pytest -q\n")
-    assert not _parses_as_statements("$ python bench/callgrind_io.py\n")
+    assert not _parses_as_statements("$ python -m pike bench --mode callgrind-io\n")
     assert not _parses_as_statements("pytest\n")

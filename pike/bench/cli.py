@@ -7,14 +7,19 @@ runs every server available (pike on each poller and implementation,
 asyncore and the bare Python loop ``py-floor`` too) for one short round;
 ``--full`` runs the whole matrix of every server. All against the same load
 generator (the C one where it builds). Progress goes to stderr, the tables
-to stdout. ``--mode soak`` is the endurance check of :mod:`pike.bench.soak`.
+to stdout. ``--mode soak`` is the endurance check of :mod:`pike.bench.soak`,
+``--mode tls`` (or ``--tls``) the echo over TLS of :mod:`pike.bench.tls`.
+
+The other modes are tools of their own, each with its own options (``python
+-m pike bench --mode NAME --help``): the rest of the command line goes to
+the module named in :data:`TOOL_MODES`.
 """
 
 import argparse
 import sys
 
 from pike._cli import ArgumentParser
-from pike.bench import report, runner
+from pike.bench import loadgen_runs, processes, report, runner, runs
 from pike.bench import servers as server_kinds
 
 #: Windows and rounds of each preset: the default (headline), --quick, --full.
@@ -29,13 +34,39 @@ PINGPONG_SIZES = ([64, 1024, 16384], [1024])
 STREAM_CONNECTIONS = ([1, 10], [1])
 STREAM_SIZES = ([65536], [65536])
 STREAM_WINDOW = 1024 * 1024
+#: Size of the file the stream mode's file row serves (made once per run).
+FILE_SIZE = 64 * 1024 * 1024
+MAX_FILE_SIZE = 1024 * 1024 * 1024
 #: Largest stream write (the Python load generator's pattern period).
 MAX_STREAM_SIZE = 1024 * 1024
 SCALE_IDLE = ([1000, 10000], [1000, 10000])
 SCALE_ACTIVE = 10
 SCALE_SIZES = ([1024], [1024])
 
-MODE_CHOICES = runner.MODES + ("all", "soak")
+#: Modes that are tools of their own: mode -> (module, what it measures).
+#: Each module has ``main(argv)``, which gets the command line without ``--mode``.
+TOOL_MODES = {
+    "micro": ("pike.bench.micro",
+              "pytest-benchmark microbenchmarks of dispatch, framing, raw I/O and "
+              "the write queue, on both implementations"),
+    "callgrind-echo": ("pike.bench.callgrind_echo",
+                       "user-space instructions per echoed request, per server "
+                       "(needs valgrind)"),
+    "callgrind-io": ("pike.bench.callgrind_io",
+                     "user-space instructions per call of Transport's raw I/O "
+                     "(needs valgrind)"),
+    "asynchat": ("pike.bench.asynchat_lines",
+                 "an asynchat line echo: pike.compat against the standard library's"),
+    "compat-scale": ("pike.bench.compat_scale",
+                     "legacy asyncore/asynchat servers beside idle connections, "
+                     "per pike.compat sweep mode"),
+    "workers": ("pike.bench.echo_workers",
+                "req/s of python -m pike echo (1 and 2 worker processes) against asyncio"),
+    "spiro": ("pike.bench.spiro_calls",
+              "SPIRO round trips per second, and many sessions at once"),
+}
+
+MODE_CHOICES = runner.MODES + ("all", "soak", "tls") + tuple(TOOL_MODES)
 
 
 def headline_servers(impls, c_ref_available):
@@ -47,12 +78,12 @@ def headline_servers(impls, c_ref_available):
     import pike
 
     kind = f"pike-{pike.available_pollers()[0]}"
-    specs = [runner.ServerSpec(kind, impl) for impl in ("c", "python") if impl in impls]
-    specs.append(runner.ServerSpec("asyncio"))
+    specs = [processes.ServerSpec(kind, impl) for impl in ("c", "python") if impl in impls]
+    specs.append(processes.ServerSpec("asyncio"))
     if "uvloop" in server_kinds.available_kinds(native=False):
-        specs.append(runner.ServerSpec("uvloop"))
+        specs.append(processes.ServerSpec("uvloop"))
     if c_ref_available:
-        specs.append(runner.ServerSpec(server_kinds.C_REF))
+        specs.append(processes.ServerSpec(server_kinds.C_REF))
     return specs
 
 
@@ -108,10 +139,12 @@ def build_parser():
         help=(
             "pingpong (default): request/echo (--full: 1, 10, 100 connections x 64 B, "
             "1 KiB, 16 KiB; else 10 and 100 x 1 KiB); stream: MiB/s with every byte "
-            "checked; scale: 10 active connections alone and beside 1,000 and 10,000 "
-            "idle ones, and memory per idle connection; all: the three; soak: a long "
-            "connect/echo/close endurance check of pike's echo and Chat servers "
-            "(see --cycles)"
+            "checked, and a file served with sendfile (see --file-size); scale: 10 "
+            "active connections alone and beside 1,000 and 10,000 idle ones, and memory "
+            "per idle connection; all: the three; soak: a long connect/echo/close "
+            "endurance check of pike's echo and Chat servers (see --cycles); tls: as "
+            "--tls. Tools with options of their own (--mode NAME --help): "
+            + "; ".join(f"{name}: {what}" for name, (_, what) in TOOL_MODES.items())
         ),
     )
     preset = parser.add_mutually_exclusive_group()
@@ -170,6 +203,10 @@ def build_parser():
         help="stream: most unechoed bytes per connection (default 1m)",
     )
     parser.add_argument(
+        "--file-size", type=_size, metavar="BYTES", default=FILE_SIZE,
+        help="stream: size of the file served with sendfile (default 64m; 0: no file row)",
+    )
+    parser.add_argument(
         "--idle", type=_int_list, metavar="LIST",
         help="scale: idle connections per case (default 1000,10000)",
     )
@@ -226,7 +263,7 @@ def _servers(args, parser, impls=None):
         impl_list = None
     if args.servers:
         try:
-            specs = [runner.ServerSpec.parse(part) for part in args.servers.split(",") if part.strip()]
+            specs = [processes.ServerSpec.parse(part) for part in args.servers.split(",") if part.strip()]
         except ValueError as exc:
             parser.error(str(exc))
         if c_ref_why and any(spec.kind == server_kinds.C_REF for spec in specs):
@@ -237,10 +274,10 @@ def _servers(args, parser, impls=None):
                 f"not available here: {', '.join(missing)}; available: {', '.join(available)}"
             )
     else:
-        specs = [runner.ServerSpec(kind) for kind in available]
+        specs = [processes.ServerSpec(kind) for kind in available]
         if c_ref_why:
             skipped[server_kinds.C_REF] = c_ref_why
-    built = impls if impls is not None else runner.pike_implementations()
+    built = impls if impls is not None else processes.pike_implementations()
     asked_c = any(spec.impl == "c" for spec in specs) or (impl_list and "c" in impl_list)
     if asked_c and "c" not in built:
         parser.error(
@@ -253,7 +290,7 @@ def _servers(args, parser, impls=None):
     for spec in specs:
         if server_kinds.is_pike_kind(spec.kind) and spec.impl is None:
             try:
-                expanded.extend(runner.ServerSpec(spec.kind, impl) for impl in impl_list)
+                expanded.extend(processes.ServerSpec(spec.kind, impl) for impl in impl_list)
             except ValueError as exc:
                 parser.error(str(exc))
         else:
@@ -337,7 +374,37 @@ def _run_tls(args, parser, progress):
     return 0
 
 
+def _tool_mode(argv):
+    """``(mode, the rest of argv)`` when ``argv`` asks for a tool mode, else None.
+
+    Only ``--mode NAME`` and ``--mode=NAME`` are looked for: anything else,
+    a missing value included, is left to the benchmark's own parser.
+    """
+    for index, arg in enumerate(argv):
+        if arg == "--mode" and index + 1 < len(argv):
+            mode, rest = argv[index + 1], argv[:index] + argv[index + 2:]
+        elif arg.startswith("--mode="):
+            mode, rest = arg.partition("=")[2], argv[:index] + argv[index + 1:]
+        else:
+            continue
+        return (mode, rest) if mode in TOOL_MODES else None
+    return None
+
+
+def run_tool(mode, argv):
+    """Run the tool of ``mode`` with ``argv``; its exit status."""
+    import importlib
+
+    module = importlib.import_module(TOOL_MODES[mode][0])
+    return module.main(argv) or 0
+
+
 def main(argv=None):
+    if argv is None:
+        argv = sys.argv[1:]
+    tool = _tool_mode(argv)
+    if tool is not None:
+        return run_tool(*tool)
     parser = build_parser()
     args = parser.parse_args(argv)
 
@@ -353,7 +420,7 @@ def main(argv=None):
         from pike.bench import soak_cli
 
         return soak_cli.run(args, parser, progress)
-    if args.tls:
+    if args.tls or args.mode == "tls":
         return _run_tls(args, parser, progress)
     if args.from_json:
         try:
@@ -380,21 +447,23 @@ def main(argv=None):
         parser.error("--size must be at least 1 byte")
     if "stream" in modes and args.size is not None and max(args.size) > MAX_STREAM_SIZE:
         parser.error(f"stream writes are at most {MAX_STREAM_SIZE} bytes (--size)")
+    if not 0 <= args.file_size <= MAX_FILE_SIZE:
+        parser.error("--file-size must be between 0 and 1g")
     if not 1 <= args.window <= 64 * 1024 * 1024:
         parser.error("--window must be between 1 byte and 64m")
     if not 1 <= args.active <= MAX_CONNECTIONS:
         parser.error(f"--active must be between 1 and {MAX_CONNECTIONS}")
     idle = _pick(args.idle, SCALE_IDLE, full)
-    if any(not 1 <= n <= runner.MAX_IDLE for n in idle):
-        parser.error(f"--idle must be between 1 and {runner.MAX_IDLE} (ephemeral ports)")
+    if any(not 1 <= n <= runs.MAX_IDLE for n in idle):
+        parser.error(f"--idle must be between 1 and {runs.MAX_IDLE} (ephemeral ports)")
     if "scale" in modes:
         _check_fd_limit(parser, idle)
 
     try:
-        loadgen, loadgen_note = runner.Loadgen.choose(args.loadgen)
-    except runner.BenchError as exc:
+        loadgen, loadgen_note = loadgen_runs.Loadgen.choose(args.loadgen)
+    except processes.BenchError as exc:
         parser.error(f"--loadgen c: {exc}")
-    impls, accel_problem = runner.probe_implementations()
+    impls, accel_problem = processes.probe_implementations()
     specs, skipped = _servers(args, parser, impls)
     if headline:
         specs = headline_servers(impls, server_kinds.C_REF not in skipped)
@@ -407,6 +476,7 @@ def main(argv=None):
             stream_connections=_pick(connections, STREAM_CONNECTIONS, full),
             stream_sizes=_pick(args.size, STREAM_SIZES, full),
             stream_window=args.window,
+            file_size=args.file_size,
             idle=idle,
             scale_active=args.active,
             scale_sizes=_pick(args.size, SCALE_SIZES, full),
@@ -445,7 +515,7 @@ def main(argv=None):
         f"load generator {loadgen.kind}, about {settings.estimated_seconds():.0f} s"
     )
     try:
-        with runner.sigterm_as_exit():
+        with processes.sigterm_as_exit():
             results = runner.run_benchmark(settings, progress=progress, skipped=skipped,
                                            notes=notes)
     except KeyboardInterrupt:

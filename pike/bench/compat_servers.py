@@ -159,7 +159,7 @@ def main(argv=None):
     if args.max_seconds > 0 and hasattr(signal, "alarm"):
         signal.alarm(args.max_seconds)
     servers.raise_nofile_limit()
-    servers._exit_on_signals()
+    servers.exit_on_signals()
 
     def announce(info):
         sys.stdout.write(json.dumps(info) + "\n")

@@ -14,6 +14,7 @@ from pike.bench import report
 PANELS = {
     "pingpong": ("server_cpu_us_per_req", "server CPU \u00b5s per request", "ping-pong"),
     "stream": ("server_cpu_us_per_mib", "server CPU \u00b5s per MiB", "stream"),
+    "file": ("server_cpu_us_per_mib", "server CPU \u00b5s per MiB", "file served by sendfile"),
     "scale": (
         "server_cpu_us_per_req_with",
         "server CPU \u00b5s per request",
@@ -45,6 +46,8 @@ def _case_label(case):
     size = report.size_text(case["size"])
     if mode == "scale":
         return f"{case['idle']:,} idle\n+{case['connections']} x {size}"
+    if mode == "file":
+        return f"{size} file"
     return f"{case['connections']} conn\n{size}"
 
 

@@ -2,8 +2,8 @@
 
 The results dict (made by :func:`pike.bench.runner.run_benchmark`, and
 exactly what ``--json`` writes) holds ``machine``, ``settings``, ``loadgen``
-and one entry per case in ``cases``: its ``mode`` (pingpong, stream or
-scale) and parameters, the raw ``runs`` of every round and server, and a
+and one entry per case in ``cases``: its ``mode`` (pingpong, stream, file
+-- the stream mode's file row -- or scale) and parameters, the raw ``runs`` of every round and server, and a
 ``summary`` per server of medians over its successful rounds, with ratios
 to the baseline server (asyncio by default) and to the C reference server
 ``c-ref`` of the same case.
@@ -50,6 +50,11 @@ MEDIAN_FIELDS = {
         ("mib_per_s", ("mib_per_s",)),
         ("server_cpu_us_per_mib", ("server_cpu_us_per_mib",)),
     ) + _NOISE_FIELDS,
+    # The stream mode's file row: the same figures as an echo stream.
+    "file": (
+        ("mib_per_s", ("mib_per_s",)),
+        ("server_cpu_us_per_mib", ("server_cpu_us_per_mib",)),
+    ) + _NOISE_FIELDS,
     "scale": (
         ("rps_without", ("rps_without",)),
         ("rps_with", ("rps_with",)),
@@ -72,6 +77,7 @@ MEDIAN_FIELDS = {
 RATIO_FIELDS = {
     "pingpong": (("cpu", "server_cpu_us_per_req"), ("rps", "rps")),
     "stream": (("mib_per_s", "mib_per_s"), ("cpu", "server_cpu_us_per_mib")),
+    "file": (("mib_per_s", "mib_per_s"), ("cpu", "server_cpu_us_per_mib")),
     "scale": (
         ("rps_with", "rps_with"),
         ("cpu_with", "server_cpu_us_per_req_with"),
@@ -206,7 +212,8 @@ def _add_per_round_ratios(case, summary, reference):
 
 
 #: Per mode: the ratio whose round-by-round spread a table's note shows.
-SPREAD_NOTE = {"pingpong": ("cpu", "CPU"), "stream": ("mib_per_s", "MiB/s")}
+SPREAD_NOTE = {"pingpong": ("cpu", "CPU"), "stream": ("mib_per_s", "MiB/s"),
+               "file": ("mib_per_s", "MiB/s")}
 
 
 def _spread_note(summary, mode):
@@ -294,7 +301,7 @@ def _columns(mode, base, ref, micro):
             ("server CPU", ">", lambda r, f: _pct(r["server_cpu_pct"])),
             ("client CPU", ">", _client_cell),
         ]
-    if mode == "stream":
+    if mode in ("stream", "file"):
         return [
             ("MiB/s", ">", lambda r, f: _num(r["mib_per_s"], ",.1f")),
             (f"MiB/s vs {base}", ">", lambda r, f: _times(r["mib_per_s_vs_baseline"])),
@@ -334,6 +341,11 @@ def _case_head(case, settings):
         head = (
             f"stream echo: {_plural(conns, 'connection')}, {size_text(case['size'])} writes"
             + (f", {size_text(window)} in flight per connection" if window else "")
+        )
+    elif mode == "file":
+        head = (
+            f"file serving: a {size_text(case['size'])} file sent with sendfile to one "
+            "connection at a time, every download's bytes counted"
         )
     elif mode == "scale":
         head = (
@@ -412,7 +424,7 @@ def format_case(case, settings=None, micro=None, skipped_servers=None):
         else:
             lines.append(fmt_line(cells))
     if "busy" in flags:
-        what = "MiB/s" if mode == "stream" else "req/s"
+        what = "MiB/s" if mode in ("stream", "file") else "req/s"
         notes.append(
             f"! the load generator used >= {CLIENT_BUSY_PCT:.0f}% of its core: it may "
             f"limit {what}; the server's CPU figures are the fairer comparison"
@@ -455,6 +467,11 @@ _MODE_LEGENDS = {
     "stream": (
         "stream: MiB/s echoed and verified; CPU {micro}/MiB is the server's CPU time "
         "per MiB echoed; higher MiB/s and lower CPU are better"
+    ),
+    "file": (
+        "file: MiB/s of a file served with sendfile (pike: Transport.sendfile; asyncio: "
+        "loop.sendfile; c-ref: sendfile(2)) to a client that reads it to EOF and checks "
+        "its size; CPU {micro}/MiB is the server's CPU time per MiB received"
     ),
     "scale": (
         "scale: req/s of the active connections alone and beside the idle ones (same "

@@ -1,7 +1,7 @@
 """Echo servers for the benchmark, one entry point per kind.
 
 ``python -m pike.bench.servers KIND [--port 0] [--ready-fd FD]
-[--max-seconds S] [--impl auto|c|python]``
+[--max-seconds S] [--impl auto|c|python] [--file PATH]``
 
 Each server listens on 127.0.0.1 (port 0 picks a free one), echoes every
 byte of every connection, and when it is ready prints one JSON line (to
@@ -11,6 +11,10 @@ stdout, or to ``--ready-fd``)::
 
 It stops on SIGTERM (or SIGINT), and in any case after ``--max-seconds``
 (SIGALRM), so a server orphaned by a killed runner cannot live on.
+
+With ``--file PATH`` a server sends that file to every connection and then
+shuts its side down, instead of echoing: the stream mode's file row (see
+:mod:`pike.bench.fileserve`; pike kinds and asyncio).
 
 Kinds:
 
@@ -190,7 +194,7 @@ def _nodelay(sock):
         pass
 
 
-def _announce(info, ready_fd):
+def announce(info, ready_fd):
     line = (json.dumps(info, sort_keys=True) + "\n").encode()
     if ready_fd is None:
         sys.stdout.buffer.write(line)
@@ -200,7 +204,7 @@ def _announce(info, ready_fd):
         os.close(ready_fd)
 
 
-def _exit_on_signals():
+def exit_on_signals():
     def stop(signum, frame):
         raise SystemExit(0)
 
@@ -211,15 +215,36 @@ def _exit_on_signals():
 # -- pike ---------------------------------------------------------------------
 
 
-def serve_pike(poller_name, port, ready_fd, expect_impl=None):
+def check_impl(expect_impl):
+    """Exit unless pike runs ``expect_impl`` (None or "auto": whatever runs)."""
     import pike
-    from pike import Transport
 
     if expect_impl not in (None, "auto") and pike.IMPLEMENTATION != expect_impl:
         raise SystemExit(
             f"asked for pike implementation {expect_impl!r} but "
             f"{pike.IMPLEMENTATION!r} runs (set PIKE_IMPL={expect_impl})"
         )
+
+
+def pike_listener(poller_name, listener_class, port):
+    """``(poller, listener)``: a new default poller, and a listening transport on it."""
+    import pike
+
+    poller = pike.make_poller(poller_name)
+    pike.set_poller(poller)
+    listener = listener_class()
+    listener.create_socket()
+    listener.set_reuse_addr()
+    listener.bind((HOST, port))
+    listener.listen()
+    return poller, listener
+
+
+def serve_pike(poller_name, port, ready_fd, expect_impl=None):
+    import pike
+    from pike import Transport
+
+    check_impl(expect_impl)
 
     class Echo(Transport):
         def handle_data(self, data):
@@ -229,15 +254,9 @@ def serve_pike(poller_name, port, ready_fd, expect_impl=None):
         def handle_accepted(self, sock, addr):
             Echo(sock=sock)  # a Transport sets TCP_NODELAY itself
 
-    poller = pike.make_poller(poller_name)
-    pike.set_poller(poller)
-    listener = Listener()
-    listener.create_socket()
-    listener.set_reuse_addr()
-    listener.bind((HOST, port))
-    listener.listen()
-    _exit_on_signals()
-    _announce(
+    poller, listener = pike_listener(poller_name, Listener, port)
+    exit_on_signals()
+    announce(
         {
             "kind": f"pike-{poller.name}",
             "port": listener.socket.getsockname()[1],
@@ -293,7 +312,7 @@ def serve_asyncio(port, ready_fd, use_uvloop=False):
     info["port"] = server.sockets[0].getsockname()[1]
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, loop.stop)
-    _announce(info, ready_fd)
+    announce(info, ready_fd)
     try:
         loop.run_forever()
     finally:
@@ -328,8 +347,8 @@ def serve_asyncore(port, ready_fd):
     server.bind((HOST, port))
     server.listen(socket.SOMAXCONN)
     use_poll = hasattr(select, "poll")
-    _exit_on_signals()
-    _announce(
+    exit_on_signals()
+    announce(
         {
             "kind": "asyncore",
             "port": server.socket.getsockname()[1],
@@ -396,8 +415,8 @@ def serve_python_floor(port, ready_fd):
             del unsent[fd]
             ep.modify(fd, select.EPOLLIN)
 
-    _exit_on_signals()
-    _announce(
+    exit_on_signals()
+    announce(
         {"kind": PY_FLOOR, "port": listener.getsockname()[1], "pid": os.getpid()},
         ready_fd,
     )
@@ -441,6 +460,22 @@ def serve_python_floor(port, ready_fd):
 # -- entry point ----------------------------------------------------------------
 
 
+def serve_file(kind, port, ready_fd, impl, path):
+    """Serve the file at ``path`` to every connection (the stream mode's file row)."""
+    from pike.bench import fileserve
+
+    why = fileserve.skip_reason(kind)
+    if why is not None:
+        raise SystemExit(f"{kind} cannot serve files: {why}")
+    exit_on_signals()
+    if is_pike_kind(kind):
+        check_impl(impl)
+        fileserve.serve_pike(kind[len("pike-"):], port, path,
+                             lambda info: announce(info, ready_fd))
+    else:
+        fileserve.serve_asyncio(port, path, lambda info: announce(info, ready_fd))
+
+
 def serve(kind, port=0, ready_fd=None, impl=None):
     """Run the server ``kind`` until a signal (or SIGALRM) stops it."""
     if is_pike_kind(kind):
@@ -457,8 +492,8 @@ def serve(kind, port=0, ready_fd=None, impl=None):
     elif kind == PY_FLOOR:
         serve_python_floor(port, ready_fd)
     elif kind in COMPAT_KINDS:
-        _exit_on_signals()
-        serve_compat(kind, port, lambda info: _announce(info, ready_fd))
+        exit_on_signals()
+        serve_compat(kind, port, lambda info: announce(info, ready_fd))
     elif kind == C_REF:
         raise SystemExit("c-ref is the native echo_ref executable: the runner starts it")
     else:
@@ -490,11 +525,18 @@ def main(argv=None):
         default=None,
         help="pike kinds: fail unless this implementation runs (PIKE_IMPL selects it)",
     )
+    parser.add_argument(
+        "--file", metavar="PATH",
+        help="serve this file to every connection instead of echoing (pike kinds, asyncio)",
+    )
     args = parser.parse_args(argv)
     if args.max_seconds > 0 and hasattr(signal, "alarm"):
         signal.alarm(args.max_seconds)  # SIGALRM's default action ends us
     raise_nofile_limit()  # the scalability mode opens thousands of connections
-    serve(args.kind, args.port, args.ready_fd, args.impl)
+    if args.file is not None:
+        serve_file(args.kind, args.port, args.ready_fd, args.impl, args.file)
+    else:
+        serve(args.kind, args.port, args.ready_fd, args.impl)
     return 0
 
 

@@ -30,7 +30,7 @@ import socket
 import time
 import zlib
 
-from pike.bench import runner
+from pike.bench import processes
 
 #: Payload sizes: (share of cycles, smallest, largest), drawn in order.
 SIZE_MIX = (
@@ -128,7 +128,7 @@ class Watch:
         self.concurrency = concurrency
         self.fd_slack = fd_slack
         self.rss_growth = int(rss_growth_mib * 1048576)
-        self._fds, self._rss = readers or (runner.fd_count, runner.rss_bytes)
+        self._fds, self._rss = readers or (processes.fd_count, processes.rss_bytes)
         self.fds = {}
         self.rss = {}
         self.samples = 0

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from pike.bench import runner, soak
+from pike.bench import processes, soak
 
 KINDS = ("echo", "chat")
 TRANSPORTS = ("tcp", "unix")
@@ -83,30 +83,30 @@ class SoakServer:
             self._dir = tempfile.mkdtemp(prefix="pike-soak-")
             where = ["--unix", os.path.join(self._dir, "s")]
         else:
-            where = ["--host", runner.HOST, "--port", "0"]
+            where = ["--host", processes.HOST, "--port", "0"]
         if spec.kind == "echo":
             # pike's own echo server, as ``python -m pike echo`` runs it, with an
             # alarm that outlives the exec so an orphan ends too.
-            args = [sys.executable, "-S", "-c", runner._EXEC_WITH_ALARM, str(int(max_seconds)),
+            args = [sys.executable, "-S", "-c", processes.EXEC_WITH_ALARM, str(int(max_seconds)),
                     sys.executable, "-m", "pike", "echo"] + where
         else:
             args = [sys.executable, "-m", "pike.bench.chat_echo",
                     "--max-seconds", str(int(max_seconds))] + where
         self.proc = procs.spawn(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=self._stderr,
-                                env=runner.child_env({"PIKE_IMPL": spec.impl}))
+                                env=processes.child_env({"PIKE_IMPL": spec.impl}))
         self.pid = self.proc.pid
         try:
-            line = runner._read_line(self.proc.stdout, time.monotonic() + runner.READY_TIMEOUT,
+            line = processes.read_line(self.proc.stdout, time.monotonic() + processes.READY_TIMEOUT,
                                      self.proc).decode("utf-8", "replace")
             match = _READY.search(line)
             if match is None:
-                raise runner.BenchError(
+                raise processes.BenchError(
                     f"soak server {spec.label} over {transport} did not start: "
                     f"{self.stderr_tail() or line!r}"
                 )
             if match["impl"] != spec.impl:
-                raise runner.BenchError(f"{spec.label} runs implementation {match['impl']}")
+                raise processes.BenchError(f"{spec.label} runs implementation {match['impl']}")
             self.poller = match["poller"]
             if transport == "unix":
                 self.address, self.family = match["path"], socket.AF_UNIX
@@ -120,7 +120,7 @@ class SoakServer:
         return self.proc.poll() is None
 
     def stderr_tail(self):
-        return runner._tail(self._stderr)
+        return processes.tail(self._stderr)
 
     def stop(self):
         status = self.procs.stop(self.proc)
@@ -281,7 +281,7 @@ def run(args, parser, progress):
         parser.error(f"--transport is a list of {', '.join(TRANSPORTS)}")
     if "unix" in transports and not hasattr(socket, "AF_UNIX"):
         parser.error("this platform has no Unix sockets: --transport tcp")
-    impls, problem = runner.probe_implementations()
+    impls, problem = processes.probe_implementations()
     wanted_impls = [i.strip() for i in args.impl.split(",")] if args.impl else impls
     try:
         specs = parse_specs(args.servers, wanted_impls)
@@ -307,7 +307,7 @@ def run(args, parser, progress):
     results = []
     payloads = {}
     try:
-        with runner.sigterm_as_exit(), runner.ProcessSet() as procs:
+        with processes.sigterm_as_exit(), processes.ProcessSet() as procs:
             for i, ((spec, transport), cycles) in enumerate(zip(runs, per_run)):
                 # Each run gets its share of the time left.
                 run_deadline = None
@@ -324,7 +324,7 @@ def run(args, parser, progress):
                         deadline=run_deadline, seed=args.seed + i, progress=progress,
                         payloads=payloads[lines], max_failures=args.max_failures,
                     )
-                except runner.BenchError as exc:
+                except processes.BenchError as exc:
                     progress(f"[{i + 1}/{len(runs)}] {spec.label} over {transport}: FAILED: {exc}")
                     return 1
                 verdict = "passed" if result["passed"] else "FAILED"

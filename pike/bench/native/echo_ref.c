@@ -5,6 +5,7 @@
  * what the kernel allows, against which the Python servers are compared.
  *
  *   echo_ref [--host 127.0.0.1] [--port 0] [--unix PATH] [--backlog N]
+ *            [--file PATH]
  *
  * Once listening it prints one line on stdout, the bound TCP port (or the
  * socket path with --unix), flushes, and serves until SIGTERM or SIGINT,
@@ -18,6 +19,12 @@
  * and a client that does not read cannot make the server buffer more than
  * one recv() worth of its data. EOF or an error closes the connection.
  *
+ * With --file PATH it serves a file instead of echoing: every accepted
+ * connection gets the whole file by sendfile(2) (each connection at its
+ * own offset of one shared descriptor), then a shutdown of the sending
+ * side; whatever the client sends is read and dropped until its EOF, which
+ * closes the connection. The file's size is taken once, at start.
+ *
  * Linux only (epoll, accept4, signalfd).
  */
 #define _GNU_SOURCE
@@ -27,6 +34,7 @@
 #endif
 
 #include <errno.h>
+#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -37,6 +45,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/resource.h>
+#include <sys/sendfile.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -51,6 +60,8 @@ struct conn {
     char *pend;          /* bytes received but not yet sent back, or NULL */
     size_t pend_off;     /* first unsent byte in pend */
     size_t pend_len;     /* bytes in pend */
+    off_t file_off;      /* --file: next byte of the file to send */
+    int file_done;       /* --file: all sent and our side shut down */
 };
 
 static int epfd = -1;
@@ -58,6 +69,8 @@ static int listen_fd = -1;
 static int listen_is_tcp;
 static int listen_paused;    /* listener left out of epoll after EMFILE */
 static char recv_buf[RECV_SIZE];
+static int file_fd = -1;     /* --file: the file every connection gets */
+static off_t file_size;
 
 /* Addresses of these two tag the listener and the signalfd in epoll data. */
 static char listen_tag;
@@ -74,7 +87,8 @@ static void usage(FILE *out)
             "  --host ADDR    address to bind (default 127.0.0.1)\n"
             "  --port PORT    TCP port, 0 for an ephemeral one (default 0)\n"
             "  --unix PATH    listen on a unix stream socket instead of TCP\n"
-            "  --backlog N    listen backlog (default 4096)\n");
+            "  --backlog N    listen backlog (default 4096)\n"
+            "  --file PATH    send this file to every connection instead of echoing\n");
 }
 
 static int parse_long(const char *text, long lo, long hi, long *out)
@@ -200,6 +214,36 @@ static void on_writable(struct conn *c)
         conn_close(c);
 }
 
+/* --file: send what the socket takes of the rest of the file; when all is
+ * sent, shut our side down and wait for the client's EOF. */
+static void file_send_some(struct conn *c)
+{
+    while (c->file_off < file_size) {
+        ssize_t n = sendfile(c->fd, file_fd, &c->file_off, (size_t)(file_size - c->file_off));
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;     /* still watching EPOLLOUT */
+        conn_close(c);  /* an error, or the file shrank under us */
+        return;
+    }
+    shutdown(c->fd, SHUT_WR);
+    c->file_done = 1;
+    if (conn_watch(c, EPOLLIN) < 0)
+        conn_close(c);
+}
+
+/* --file: the client sent something, or its EOF: drop it, close on EOF. */
+static void file_drain(struct conn *c)
+{
+    ssize_t n = recv(c->fd, recv_buf, sizeof recv_buf, 0);
+
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR))
+        conn_close(c);
+}
+
 static void accept_all(void)
 {
     static int warned;
@@ -239,7 +283,7 @@ static void accept_all(void)
         }
         c->fd = fd;
         memset(&ev, 0, sizeof ev);
-        ev.events = EPOLLIN;
+        ev.events = file_fd >= 0 ? EPOLLOUT : EPOLLIN;
         ev.data.ptr = c;
         if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
             fprintf(stderr, "echo_ref: epoll_ctl: %s\n", strerror(errno));
@@ -349,7 +393,8 @@ int main(int argc, char **argv)
             return 0;
         }
         if (strcmp(arg, "--host") == 0 || strcmp(arg, "--port") == 0 ||
-            strcmp(arg, "--unix") == 0 || strcmp(arg, "--backlog") == 0) {
+            strcmp(arg, "--unix") == 0 || strcmp(arg, "--backlog") == 0 ||
+            strcmp(arg, "--file") == 0) {
             if (i + 1 >= argc) {
                 fprintf(stderr, "echo_ref: %s needs a value\n", arg);
                 return 2;
@@ -362,6 +407,16 @@ int main(int argc, char **argv)
         }
         if (strcmp(arg, "--host") == 0) {
             host = val;
+        } else if (strcmp(arg, "--file") == 0) {
+            struct stat st;
+
+            file_fd = open(val, O_RDONLY | O_CLOEXEC);
+            if (file_fd < 0 || fstat(file_fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+                fprintf(stderr, "echo_ref: --file %s: %s\n", val,
+                        file_fd < 0 ? strerror(errno) : "not a regular file");
+                return 2;
+            }
+            file_size = st.st_size;
         } else if (strcmp(arg, "--unix") == 0) {
             unix_path = val;
         } else if (strcmp(arg, "--port") == 0) {
@@ -439,7 +494,11 @@ int main(int argc, char **argv)
                  * event (including EPOLLERR/EPOLLHUP) retries that, and the
                  * syscall reports EOF or the error. */
                 c = tag;
-                if (c->pend != NULL)
+                if (file_fd >= 0 && c->file_done)
+                    file_drain(c);
+                else if (file_fd >= 0)
+                    file_send_some(c);
+                else if (c->pend != NULL)
                     on_writable(c);
                 else
                     on_readable(c);

@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Legacy asyncore/asynchat servers beside idle connections: before and after.
 
 Usage::
 
-    PYTHONPATH=. python scripts/bench_compat_scale.py
+    python -m pike bench --mode compat-scale
         [--idle 10000] [--active 10] [--size 1024] [--seconds 3] [--warmup 1]
         [--servers compat-asyncore,compat-asynchat] [--sweeps always,auto]
         [--json FILE]
@@ -32,6 +31,8 @@ import signal
 import subprocess
 import sys
 import time
+
+from pike.bench import native, processes, runs
 
 HOST = "127.0.0.1"
 
@@ -82,7 +83,7 @@ def _loadgen(exe, port, active, size, warmup, seconds, lines, pid):
     return result
 
 
-def _one(kind, sweep, args, exe, runner):
+def _one(kind, sweep, args, exe):
     lines = kind == "compat-asynchat"
     proc, info = _start_server(kind, sweep, lines)
     pid = info["pid"]
@@ -90,12 +91,12 @@ def _one(kind, sweep, args, exe, runner):
         alone = _loadgen(exe, info["port"], args.active, args.size, args.warmup,
                          args.seconds, lines, pid)
         time.sleep(0.5)
-        fds_before = runner.fd_count(pid)
-        rss_before = runner.rss_bytes(pid)
-        with runner.IdleConnections() as pool:
+        fds_before = processes.fd_count(pid)
+        rss_before = processes.rss_bytes(pid)
+        with runs.IdleConnections() as pool:
             pool.open(info["port"], args.idle, pid, fds_before)
             time.sleep(0.5)
-            rss_after = runner.rss_bytes(pid)
+            rss_after = processes.rss_bytes(pid)
             beside = _loadgen(exe, info["port"], args.active, args.size, args.warmup,
                               args.seconds, lines, pid)
     finally:
@@ -125,7 +126,8 @@ def _median(values):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pike bench --mode compat-scale",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--idle", type=int, default=10000)
     parser.add_argument("--active", type=int, default=10)
     parser.add_argument("--size", type=int, default=1024)
@@ -137,8 +139,6 @@ def main(argv=None):
                         help="rounds (servers interleaved); medians are printed")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args(argv)
-
-    from pike.bench import native, runner
 
     exe = native.build("loadgen")
     if exe is None:
@@ -154,7 +154,7 @@ def main(argv=None):
              for sweep in args.sweeps.split(",")]
     for _ in range(args.repeat):
         for kind, sweep in cases:
-            results.append(_one(kind, sweep, args, exe, runner))
+            results.append(_one(kind, sweep, args, exe))
     for kind, sweep in cases:
         runs = [r for r in results if (r["server"], r["sweep"]) == (kind, sweep)]
 

@@ -5,7 +5,7 @@ in a loop for ``--seconds``, then opens ``--sessions`` sessions at once,
 gives each a value of its own, checks every one answers with its own value,
 closes them and waits for the server to clean up::
 
-    python scripts/bench_spiro.py [--seconds 2] [--sessions 200]
+    python -m pike bench --mode spiro [--seconds 2] [--sessions 200]
 """
 
 import argparse
@@ -18,7 +18,8 @@ from pike import spiro
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pike bench --mode spiro",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--sessions", type=int, default=200)
     args = parser.parse_args(argv)

@@ -2,10 +2,10 @@
 
 Wall-clock microbenchmarks of one-microsecond calls are at the mercy of a
 shared machine; user-space instruction counts are not. This script counts
-them for the cases of ``bench_io.py``, on the pure path, the shipped C
+them for the cases of :mod:`pike.bench.micro.bench_io`, on the pure path, the shipped C
 implementation and the cffi ``recv`` candidate that was not shipped::
 
-    python bench/callgrind_io.py            # needs valgrind (Linux)
+    python -m pike bench --mode callgrind-io     # needs valgrind (Linux)
 
 Each case runs in a child interpreter under ``valgrind --tool=callgrind``
 twice, with N1 and N2 iterations; (I2 - I1) / (N2 - N1) is the cost of
@@ -16,6 +16,7 @@ Kernel time is not counted. Children run with ``PYTHONHASHSEED=0`` (unless
 it is set): with random hashing, the same code's count moves by up to ~10%.
 """
 
+import argparse
 import os
 import re
 import shutil
@@ -24,8 +25,6 @@ import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 N1, N2 = 200, 1200
 KIB = b"k" * 1024
 
@@ -38,13 +37,11 @@ CASES = [
 
 
 def child(op, variant, iterations):
-    sys.path[:0] = [ROOT, HERE]
     import pike
     from pike import _impl
+    from pike.bench.micro import bench_io
+    from pike.bench.micro.benchutil import fill
     from pike.transport import Transport
-
-    import bench_io
-    from benchutil import fill
 
     _impl.select_implementation("python" if variant == "python" else "c")
     a, b = socket.socketpair()
@@ -82,12 +79,14 @@ def child(op, variant, iterations):
 
 
 def count(valgrind, op, variant, iterations, workdir):
+    from pike.bench.processes import child_env
+
     out = os.path.join(workdir, "callgrind.out")
-    env = dict(os.environ)
+    env = child_env()  # this pike importable in the child
     env.setdefault("PYTHONHASHSEED", "0")
     result = subprocess.run(
         [valgrind, "--tool=callgrind", "--callgrind-out-file=" + out,
-         sys.executable, os.path.abspath(__file__), "--child", op, variant,
+         sys.executable, "-m", "pike.bench.callgrind_io", "--child", op, variant,
          str(iterations)],
         capture_output=True, text=True, timeout=600, env=env,
     )
@@ -97,7 +96,11 @@ def count(valgrind, op, variant, iterations, workdir):
     return int(match.group(1))
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(
+        prog="python -m pike bench --mode callgrind-io",
+        description=__doc__.split("\n\n")[0],
+    ).parse_args(argv)
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         sys.exit("valgrind is not installed")

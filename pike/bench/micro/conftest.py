@@ -1,7 +1,8 @@
 """pytest configuration of pike's microbenchmarks (pytest-benchmark).
 
-Run them with ``python -m pytest bench/`` (pyproject's ``testpaths`` keeps a
-bare ``pytest`` to ``tests/``). The suites are the ``bench_*.py`` files of
+Run them with ``python -m pike bench --mode micro``, or ``python -m pytest
+pike/bench/micro`` from a checkout (pyproject's ``testpaths`` keeps a bare
+``pytest`` to ``tests/``). The suites are the ``bench_*.py`` files of
 this folder: the hook below collects them here, and only here, so they
 never mix with the test suite. ``--benchmark-disable`` runs each benchmark
 once, as a quick check that they all still work.

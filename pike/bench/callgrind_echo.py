@@ -8,8 +8,8 @@ server here makes the same system calls per request (one ``recv``, one
 ``send``, one ``epoll_wait`` at one connection), so the user-space count
 is where they differ::
 
-    python bench/callgrind_echo.py                 # needs valgrind (Linux)
-    python bench/callgrind_echo.py --servers c-ref,py-floor,pike-epoll:c
+    python -m pike bench --mode callgrind-echo     # needs valgrind (Linux)
+    python -m pike bench --mode callgrind-echo --servers c-ref,py-floor,pike-epoll:c
 
 Each server runs under ``valgrind --tool=callgrind`` with instrumentation
 off until it is listening; ``callgrind_control`` turns it on just before
@@ -29,12 +29,11 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, ROOT)
+from pike.bench import native
+from pike.bench import servers as server_kinds
 
-from pike.bench import native  # noqa: E402
-from pike.bench import servers as server_kinds  # noqa: E402
+# The source tree this module is in (pike/bench/ is two levels below it).
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 DEFAULT_SERVERS = "c-ref,py-floor,pike-epoll:c,pike-epoll:python,uvloop,asyncio"
 READY_TIMEOUT = 60.0

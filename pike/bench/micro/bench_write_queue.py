@@ -8,7 +8,7 @@ Python on both implementations, so the two rows also show the noise floor.
 
 import pytest
 
-from benchutil import drain
+from pike.bench.micro.benchutil import drain
 from pike.write_queue import WriteQueue
 
 ROUNDS = {16: 2000, 256: 300}

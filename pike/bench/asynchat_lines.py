@@ -1,9 +1,8 @@
-#!/usr/bin/env python3
 """Throughput of an asynchat line protocol: pike.compat against 3.11's stdlib.
 
 Usage::
 
-    PYTHONPATH=. python scripts/bench_asynchat.py
+    python -m pike bench --mode asynchat
         [--conns 10,2000] [--seconds 3] [--size 64] [--python311 PATH]
         [--loadgen auto|c|python] [--no-pin] [--json FILE]
 
@@ -58,8 +57,9 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+# The source tree this module is in (pike/bench/ is two levels below it): the
+# server child runs this file by path, with the tree on PYTHONPATH.
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # The C loadgen's stall limit is warm-up + half the window (a connection
 # never served by then fails the run) and its slack for connecting and
@@ -367,7 +367,8 @@ def drive_pinned(port, conns, seconds, size, server_pid, cpu):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pike bench --mode asynchat",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--conns", default="10,2000")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--size", type=int, default=64, help="bytes per line, with b'\\n'")

@@ -6,8 +6,8 @@ worker processes) and asyncio's ``create_server`` echo (the benchmark's
 project's C load generator in ping-pong mode on 127.0.0.1, and prints the
 median requests/s with the ratio to asyncio::
 
-    python scripts/bench_servers.py [--connections 10,1000] [--size 64]
-                                    [--rounds 3] [--duration 4]
+    python -m pike bench --mode workers [--connections 10,1000] [--size 64]
+                                        [--rounds 3] [--duration 4]
 
 The servers and the load generator share this machine's cores, so a second
 worker can only help as far as a core is free for it.
@@ -70,7 +70,8 @@ def run_once(loadgen, command, connections, size, duration):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m pike bench --mode workers",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--connections", default="10,1000")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)

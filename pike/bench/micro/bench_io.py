@@ -16,7 +16,7 @@ import socket
 
 import pytest
 
-from benchutil import drain, fill
+from pike.bench.micro.benchutil import drain, fill
 from pike.transport import Transport
 
 KIB = b"k" * 1024
