@@ -136,11 +136,14 @@ class TLSLayer:
         self._backlog_size = 0  # its plaintext bytes (a file's: remaining)
         self._end = None  # "eof" or "close" once write_eof/close_when_done came
         self._end_held = False  # ... and the layer holds it (see end_requested)
-        # Bytes of records handed to Transport.write so far (from the queue's
-        # size at install): with the queue's size it tells which records
-        # the kernel took. Files' pieces in flight: (end mark, size, segment).
+        # Bytes of records handed to Transport.write, counted while file
+        # pieces are in flight: the queue's size then tells which records
+        # the kernel took. Pieces in flight: (end mark, size, segment).
         self._emitted = 0
         self._in_flight = collections.deque()
+        # write() takes the slow way (_write_slowly): until the handshake is
+        # done, and while a file is read or its records are queued.
+        self._slow_writes = True
         self._starved = True  # the last recv() found nothing more to read
         self._goodbye_sent = False  # close_notify produced
         self._abandoned = False  # abort(): no close_notify, no lingering
@@ -189,7 +192,6 @@ class TLSLayer:
     def install(self):
         """Replace the transport's plaintext methods with this layer's."""
         t = self.transport
-        self._emitted = Transport.get_write_buffer_size(t)
         if t.write_state:
             self._end = "eof"  # (write_eof came before start_tls)
         t.install_layer({
@@ -306,6 +308,7 @@ class TLSLayer:
         if self._backlog:
             self._pump()  # what was written meanwhile, in order
         else:
+            self._slow_writes = False
             self._backlog_done(notify=False)
 
     def _timed_out(self):
@@ -460,25 +463,28 @@ class TLSLayer:
             if self._end is not None:
                 raise RuntimeError("write after write_eof() or close_when_done()")
             t.check_writable()  # raises
-        if self._backlog or not self.handshake_done:
-            self._hold(data)
+        if self._slow_writes:
+            self._write_slowly(data)
             return
         try:
             self._ssl.write(data)
         except ssl.SSLError as exc:
             self._fail(exc)
             return
-        records = self._out.read()
-        self._emitted += len(records)
-        Transport.write(t, records)
+        Transport.write(t, self._out.read())
 
-    def _hold(self, data):
-        """Keep plaintext until what is ahead of it is encrypted."""
-        if type(data) is not bytes:
-            data = memoryview(data).cast("B").tobytes()  # the caller may reuse it
-        self._backlog.append(data)
-        self._backlog_size += len(data)
-        self.transport.check_water_marks()
+    def _write_slowly(self, data):
+        """write() before the handshake is done, or while a file is sent:
+        keep the plaintext until what is ahead of it is encrypted, or
+        encrypt it and count its records."""
+        if self._backlog or not self.handshake_done:
+            if type(data) is not bytes:
+                data = memoryview(data).cast("B").tobytes()  # the caller may reuse it
+            self._backlog.append(data)
+            self._backlog_size += len(data)
+            self.transport.check_water_marks()
+            return
+        self._encrypt(data)
 
     def writelines(self, buffers):
         """Write each buffer of ``buffers`` in order, as one TLS write."""
@@ -518,6 +524,7 @@ class TLSLayer:
             raise RuntimeError("sendfile after write_eof() or close_when_done()")
         self._backlog.append(segment)
         self._backlog_size += segment.remaining
+        self._slow_writes = True
         if self.handshake_done:
             t.poller.defer_write(t)  # the write event pumps (_pump)
         t.check_water_marks()
@@ -564,6 +571,8 @@ class TLSLayer:
         if t.closed:
             return
         self._account()
+        if not backlog and not self._in_flight:
+            self._slow_writes = False
         if not backlog and (had_items or self._end_held):
             self._backlog_done(notify=had_items)
         elif had_items:
@@ -639,6 +648,7 @@ class TLSLayer:
         self._backlog.clear()
         self._backlog_size = 0
         self._in_flight.clear()
+        self._slow_writes = not self.handshake_done
         if not segments:
             return None
 
@@ -655,8 +665,9 @@ class TLSLayer:
         """``write_eof`` ("eof") or ``close_when_done`` ("close") was called.
 
         Returns True when the layer keeps the request until the handshake
-        is done; otherwise close_notify is queued and the transport goes on
-        as without TLS.
+        is done and the plaintext it holds (behind a file) is encrypted;
+        otherwise close_notify is queued and the transport goes on as
+        without TLS.
         """
         if self.error is None and (
             self._backlog if self.handshake_done

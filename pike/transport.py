@@ -123,6 +123,7 @@ class Transport:
 
     #: The :class:`pike.tls.TLSLayer` once :meth:`start_tls` was called.
     tls = None
+    _layered = False  # install_layer was called
 
     _writing_paused = False
     _high_water = DEFAULT_HIGH_WATER
@@ -889,14 +890,17 @@ class Transport:
         ``type(transport).handle_connect_event(transport)`` the event as the
         application's class defines it. Replacing ``handle_read_event``
         tells the poller to call it instead of deciding inline. One layer
-        per transport: a second install of a name raises RuntimeError.
+        per transport: a second ``install_layer`` raises RuntimeError.
         """
         unknown = set(methods) - self.LAYER_METHODS
         if unknown:
             raise ValueError(f"not methods a layer may replace: {sorted(unknown)}")
-        taken = [name for name in methods if name in self.__dict__]
-        if taken:
-            raise RuntimeError(f"{self!r} already has a layer's {', '.join(sorted(taken))}")
+        # (A flag, not a look at self.__dict__: on CPython 3.11+ reading
+        # __dict__ turns the instance's inline attributes into a real dict,
+        # and every attribute access on the transport gets slower.)
+        if self._layered:
+            raise RuntimeError(f"{self!r} already has a layer")
+        self._layered = True
         for name, function in methods.items():
             setattr(self, name, function)
         if "handle_read_event" in methods:
