@@ -5,12 +5,14 @@ A client with TLS sends files of several MiB to a pike TLS server, which
 checks them by SHA-256: between writes (before and after the handshake),
 with an offset and a count, from a file shorter than the count, from a file
 object with no fd; with small water marks (pause and resume); ended early
-by a reset, by close(), and followed by close_when_done() or the peer's EOF.
+by a reset, by close() or by a TLS failure, and followed by
+close_when_done() or the peer's EOF.
 """
 
 import io
 import os
 import socket
+import ssl
 import struct
 
 import pytest
@@ -201,3 +203,22 @@ def test_discard_write_buffer_ends_a_waiting_file(poller, certs, data_file):
     client.write(b"after")
     got = _received(poller, server, 5)
     assert got == b"after"
+
+
+def test_a_tls_failure_mid_file_ends_the_request_with_it(poller, certs, data_file):
+    """Garbage where a record should be: the client's session fails, the
+    transport aborts, and the request ends with the TLS error."""
+    f, _ = data_file
+    server, client = _connect(poller, certs, sndbuf=65536)
+    run_until(poller, lambda: server.peers and "handshake" in server.peers[0].events,
+              what="the server's handshake")
+    peer = server.peers[0]
+    peer.stall_after = 128 * 1024
+    request = client.sendfile(f)
+    run_until(poller, lambda: not peer.is_reading(), what="the server to stall")
+    peer.socket.send(b"\x17\x03\x03\x00\x20" + b"not a record" * 3)  # beside the TLS layer
+    run_until(poller, lambda: client.closed, what="the failure to close the client")
+    assert "tls_failed" in client.events
+    assert request.done and request.error is client.tls.error
+    assert isinstance(request.error, ssl.SSLError)
+    assert request.sent < request.count
