@@ -10,6 +10,10 @@ without it, a platform without ``os.sendfile``). The segment's bytes count
 in the transport's write buffer size, so the water marks and "everything
 is sent" mean what they say.
 
+Under TLS the segment does not enter the queue: the bytes must be
+encrypted, so :class:`pike.tls.TLSLayer` reads it piece by piece
+(:meth:`FileSegment.take`) as its records drain, and counts what was sent.
+
 The :class:`SendfileRequest` that ``sendfile`` returns reports completion:
 ``add_done_callback(fn)`` is called with the request once the segment was
 sent, or once the transport closed before that (``error`` then says why).
@@ -131,6 +135,24 @@ class FileSegment:
         self.remaining -= sent
         self.request.sent += sent
         return sent
+
+    def take(self, size: int) -> bytes:
+        """Read the next ``size`` bytes at most, and move past them.
+
+        For a layer that must change the bytes before they are sent (TLS
+        encrypts them): it sends what it makes of them itself. The file's
+        position is not used (except by an object without an fd). b'' once
+        the file ended, which ends the segment (``remaining`` becomes 0).
+        ``request.sent`` is the layer's to count.
+        """
+        size = min(self.remaining, size)
+        data = self._read(size) if size > 0 else b""
+        if not data:
+            self.remaining = 0
+            return b""
+        self.offset += len(data)
+        self.remaining -= len(data)
+        return data
 
     def _read(self, size: int) -> bytes:
         if self.fd is not None:

@@ -8,12 +8,16 @@ transport's ordinary buffered write path. No socket is ever wrapped, so the
 layer never blocks and works the same on every poller and on both
 implementations (only the raw send beneath it differs).
 
-How it sits on the transport: ``start_tls`` replaces, on that one instance,
-the hot methods whose meaning changes (``recv``, ``send``, ``write``,
-``writelines``, ``get_write_buffer_size``, ``resume_reading`` and the read
-and connect events); ``write_eof``, ``close_when_done`` and ``close``, which
-subclasses override, ask :attr:`Transport.tls` (one attribute test, only on
-those rare calls). A transport without TLS runs the code it ran before.
+How it sits on the transport: through the transport's seam for layers
+(``Transport.install_layer`` and the methods beside it; the contract is in
+the contributors' design page). ``start_tls`` replaces, on that one
+instance, the hot methods whose meaning changes (``recv``, ``send``,
+``write``, ``writelines``, ``get_write_buffer_size``, ``resume_reading``
+and the read, write and connect events); ``write_eof``,
+``close_when_done``, ``discard_write_buffer``, ``sendfile`` and ``close``,
+which subclasses override, ask :attr:`Transport.tls` (one attribute test,
+only on those rare calls). A transport without TLS runs the code it ran
+before. The layer uses no private name of the transport.
 
 Reading. One raw ``recv`` feeds the incoming BIO; the application's
 ``handle_read`` then gets plaintext from :meth:`TLSLayer.recv`. Decrypted
@@ -28,6 +32,14 @@ is encrypted once the handshake is done; after that every ``write`` is
 encrypted at once and the records are queued like any data. Nothing written
 after ``start_tls`` reaches the wire unencrypted.
 
+Files. ``sendfile`` cannot hand a file to the kernel under TLS: the layer
+reads it in 64 KiB pieces and encrypts each when the transport's queue is
+short, so a large file never sits in memory. Records must leave in the
+order they were made, so what is written after a file waits in the layer
+(as plaintext written before the handshake does) until the file's last
+piece is encrypted. The request's ``sent`` counts the file's bytes whose
+records the kernel took.
+
 Ending. The peer's close_notify is its EOF: the transport's end-of-file
 contract follows (``handle_read_eof``, then ``handle_close`` once queued
 data is sent). A peer that closes TCP without close_notify is an EOF too,
@@ -37,11 +49,14 @@ but :attr:`TLSLayer.ragged_eof` records it (the data may be truncated).
 nothing.
 """
 
+import collections
 import logging
 import socket
 import ssl
 
 from .errors import CONNECTION_LOST_ERRNOS
+from .poller import Channel
+from .sendfile import FileSegment
 from .transport import WRITE_SHUT, Transport
 from .write_queue import WriteQueue
 
@@ -64,6 +79,12 @@ _PLAIN_READ = 16 * 1024
 _READS_PER_EVENT = 32
 # The most plaintext one send() takes (send() reports what it took).
 _SEND_CHUNK = 64 * 1024
+# sendfile under TLS: plaintext read from the file per piece (four records),
+# the transport's queue is topped up to this many bytes of records, and at
+# most this many pieces are encrypted per write event (others get a turn).
+_FILE_PIECE = 64 * 1024
+_FILE_QUEUE_TARGET = 256 * 1024
+_FILE_PIECES_PER_EVENT = 16
 
 
 class TLSHandshakeTimeout(TimeoutError):
@@ -108,9 +129,21 @@ class TLSLayer:
         #: True when the peer closed TCP without sending close_notify first.
         self.ragged_eof = False
         self._began = False
-        self._pending = []  # plaintext written before the handshake finished
-        self._pending_size = 0
-        self._pending_end = None  # "eof" or "close" asked before the handshake
+        # Plaintext not encrypted yet, in order: bytes and FileSegments. It
+        # holds what is written before the handshake finishes, and what is
+        # written behind a file until the file is encrypted.
+        self._backlog = collections.deque()
+        self._backlog_size = 0  # its plaintext bytes (a file's: remaining)
+        self._end = None  # "eof" or "close" once write_eof/close_when_done came
+        self._end_held = False  # ... and the layer holds it (see end_requested)
+        # Bytes of records handed to Transport.write, counted while file
+        # pieces are in flight: the queue's size then tells which records
+        # the kernel took. Pieces in flight: (end mark, size, segment).
+        self._emitted = 0
+        self._in_flight = collections.deque()
+        # write() takes the slow way (_write_slowly): until the handshake is
+        # done, and while a file is read or its records are queued.
+        self._slow_writes = True
         self._starved = True  # the last recv() found nothing more to read
         self._goodbye_sent = False  # close_notify produced
         self._abandoned = False  # abort(): no close_notify, no lingering
@@ -159,16 +192,19 @@ class TLSLayer:
     def install(self):
         """Replace the transport's plaintext methods with this layer's."""
         t = self.transport
-        t.recv = self.recv
-        t.send = self.send
-        t.write = self.write
-        t.writelines = self.writelines
-        t.get_write_buffer_size = self.get_write_buffer_size
-        t.resume_reading = self.resume_reading
-        t.handle_read_event = self.read_event
-        t.handle_connect_event = self.connect_event
-        # The poller must call handle_read_event (ours), not handle_read.
-        t._plain_read_event = False
+        if t.write_state:
+            self._end = "eof"  # (write_eof came before start_tls)
+        t.install_layer({
+            "recv": self.recv,
+            "send": self.send,
+            "write": self.write,
+            "writelines": self.writelines,
+            "get_write_buffer_size": self.get_write_buffer_size,
+            "resume_reading": self.resume_reading,
+            "handle_read_event": self.read_event,
+            "handle_write_event": self.write_event,
+            "handle_connect_event": self.connect_event,
+        })
 
     def begin(self):
         """The transport is connected: start the handshake and its timer."""
@@ -193,7 +229,7 @@ class TLSLayer:
             t = self.transport
             self._starved = False
             t.handle_read()
-            if self._starved or t.closed or not t._reading or t.eof_received:
+            if self._starved or not t.is_reading() or t.eof_received:
                 return
             self._deliver()
             return
@@ -221,7 +257,7 @@ class TLSLayer:
         for _ in range(_READS_PER_EVENT):
             self._starved = False
             t.handle_read()
-            if self._starved or t.closed or not t._reading or t.eof_received:
+            if self._starved or not t.is_reading() or t.eof_received:
                 return
         self._come_back()
 
@@ -232,17 +268,24 @@ class TLSLayer:
     def _more(self):
         self._more_timer = None
         t = self.transport
-        if not t.closed and t._reading and self.handshake_done and self._buffered():
+        if t.is_reading() and self.handshake_done and self._buffered():
             self._deliver()
 
     def resume_reading(self):
         t = self.transport
         type(t).resume_reading(t)
-        if t._reading and self.handshake_done and self._buffered():
+        if t.is_reading() and self.handshake_done and self._buffered():
             self._come_back()  # buffered here, so the socket may stay quiet
 
     def _buffered(self):
         return self._in.pending or self._ssl.pending()
+
+    def write_event(self):
+        t = self.transport
+        type(t).handle_write_event(t)  # the flush, handle_write, an EOF's close
+        if (self._backlog or self._in_flight or self._end_held) and self.handshake_done \
+                and not t.closed:
+            self._pump()
 
     # -- the handshake ------------------------------------------------------
 
@@ -262,28 +305,11 @@ class TLSLayer:
         t.handle_tls_handshake()
         if t.closed:
             return
-        pending, self._pending, self._pending_size = self._pending, [], 0
-        try:
-            for data in pending:
-                self._ssl.write(data)
-        except ssl.SSLError as exc:
-            self._fail(exc)
-            return
-        self._send_out()
-        if t.closed:
-            return
-        if pending:
-            # One write notification, as after a connect: a layer that
-            # waited for the buffer to drain (Chat's close_when_done) is
-            # told even when the kernel took everything at once.
-            t.poller.defer_write(t)
-        end, self._pending_end = self._pending_end, None
-        if end == "eof":
-            t.write_eof()
-        elif end == "close":
-            t.close_when_done()
+        if self._backlog:
+            self._pump()  # what was written meanwhile, in order
         else:
-            t._check_water_marks()
+            self._slow_writes = False
+            self._backlog_done(notify=False)
 
     def _timed_out(self):
         self._timer = None
@@ -306,7 +332,8 @@ class TLSLayer:
         t = self.transport
         # Best effort, one try: the alert OpenSSL prepared tells the peer why.
         alert = self._out.read()
-        if alert and t.socket is not None and not t._queue and not t.closed:
+        if alert and t.socket is not None and not t.closed \
+                and not Transport.get_write_buffer_size(t):
             try:
                 t.socket.send(alert)
             except OSError:
@@ -324,7 +351,7 @@ class TLSLayer:
         t = self.transport
         sock = t.socket
         if sock is None:
-            raise t._not_open()
+            raise t.not_open_error()
         try:
             data = sock.recv(_RAW_READ)
         except (BlockingIOError, InterruptedError):
@@ -341,7 +368,7 @@ class TLSLayer:
     def _raw_read_failed(self, exc):
         t = self.transport
         if t.closed:
-            raise t._not_open() from None
+            raise t.not_open_error() from None
         if exc.errno in CONNECTION_LOST_ERRNOS:
             t.handle_close()
             return
@@ -353,8 +380,9 @@ class TLSLayer:
         if out.pending:
             data = out.read()
             t = self.transport
-            if t.closed or t._write_state:
+            if t.closed or t.write_state:
                 return  # after close_notify nothing more may be sent
+            self._emitted += len(data)
             Transport.write(t, data)
 
     # -- the plaintext API (bound onto the transport) ---------------------
@@ -367,7 +395,7 @@ class TLSLayer:
         """
         t = self.transport
         if t.closed:
-            raise t._not_open()
+            raise t.not_open_error()
         if not self.handshake_done:
             return b""
         sslobj = self._ssl
@@ -420,7 +448,7 @@ class TLSLayer:
         self._starved = True
         t = self.transport
         if not t.eof_received and not t.closed:
-            t._peer_eof()
+            t.peer_eof()
         return b""
 
     def write(self, data):
@@ -431,15 +459,12 @@ class TLSLayer:
         if not data:
             return
         t = self.transport
-        if t._write_state or t.closed or t.socket is None or self._pending_end:
-            if self._pending_end:
+        if self._end is not None or t.closed or t.socket is None:
+            if self._end is not None:
                 raise RuntimeError("write after write_eof() or close_when_done()")
-            t._check_writable()  # raises
-        if not self.handshake_done:
-            data = memoryview(data).cast("B").tobytes()  # the caller may reuse it
-            self._pending.append(data)
-            self._pending_size += len(data)
-            t._check_water_marks()
+            t.check_writable()  # raises
+        if self._slow_writes:
+            self._write_slowly(data)
             return
         try:
             self._ssl.write(data)
@@ -447,6 +472,19 @@ class TLSLayer:
             self._fail(exc)
             return
         Transport.write(t, self._out.read())
+
+    def _write_slowly(self, data):
+        """write() before the handshake is done, or while a file is sent:
+        keep the plaintext until what is ahead of it is encrypted, or
+        encrypt it and count its records."""
+        if self._backlog or not self.handshake_done:
+            if type(data) is not bytes:
+                data = memoryview(data).cast("B").tobytes()  # the caller may reuse it
+            self._backlog.append(data)
+            self._backlog_size += len(data)
+            self.transport.check_water_marks()
+            return
+        self._encrypt(data)
 
     def writelines(self, buffers):
         """Write each buffer of ``buffers`` in order, as one TLS write."""
@@ -460,8 +498,8 @@ class TLSLayer:
         """
         t = self.transport
         if t.closed or t.socket is None:
-            raise t._not_open()
-        if t._queue:
+            raise t.not_open_error()
+        if Transport.get_write_buffer_size(t) or (self._backlog and self.handshake_done):
             t.poller.defer_write(t)
             return 0
         view = memoryview(data).cast("B")
@@ -471,9 +509,155 @@ class TLSLayer:
         return len(view)
 
     def get_write_buffer_size(self):
-        """Queued ciphertext plus plaintext waiting for the handshake."""
+        """Queued ciphertext plus plaintext not encrypted yet (waiting for
+        the handshake, or behind a file)."""
         t = self.transport
-        return Transport.get_write_buffer_size(t) + self._pending_size
+        return Transport.get_write_buffer_size(t) + self._backlog_size
+
+    # -- files (Transport.sendfile) ---------------------------------------
+
+    def sendfile(self, segment):
+        """``Transport.sendfile`` under TLS: read, encrypt and send ``segment``
+        (a :class:`pike.sendfile.FileSegment`) behind what was written."""
+        t = self.transport
+        if self._end is not None:
+            raise RuntimeError("sendfile after write_eof() or close_when_done()")
+        self._backlog.append(segment)
+        self._backlog_size += segment.remaining
+        self._slow_writes = True
+        if self.handshake_done:
+            t.poller.defer_write(t)  # the write event pumps (_pump)
+        t.check_water_marks()
+
+    def _pump(self):
+        """Encrypt the backlog in order into the transport's queue.
+
+        Bytes are encrypted at once; a file only while the queue holds less
+        than _FILE_QUEUE_TARGET, and a bounded number of pieces per call (a
+        write event comes back for the rest). Then credits the files whose
+        records left, and once the backlog is empty runs what waited for it.
+        """
+        t = self.transport
+        backlog = self._backlog
+        had_items = bool(backlog)
+        pieces = 0
+        while backlog and not t.closed:
+            item = backlog[0]
+            if type(item) is not FileSegment:
+                backlog.popleft()
+                self._backlog_size -= len(item)
+                if not self._encrypt(item):
+                    return
+                continue
+            if Transport.get_write_buffer_size(t) >= _FILE_QUEUE_TARGET:
+                break  # (the queue's drain brings a write event)
+            if pieces == _FILE_PIECES_PER_EVENT:
+                t.poller.defer_write(t)  # more on the next turn
+                break
+            pieces += 1
+            before = item.remaining
+            data = item.take(_FILE_PIECE)
+            self._backlog_size -= before - item.remaining
+            if not item.remaining:
+                backlog.popleft()
+            if not data:
+                # The file ended (maybe before ``count``): done once its
+                # last records are out, or now if none are in flight.
+                if not (self._in_flight and self._in_flight[-1][2] is item):
+                    item.request._finish()
+                continue
+            if not self._encrypt(data, item):
+                return
+        if t.closed:
+            return
+        self._account()
+        if not backlog and not self._in_flight:
+            self._slow_writes = False
+        if not backlog and (had_items or self._end_held):
+            self._backlog_done(notify=had_items)
+        elif had_items:
+            t.check_water_marks()  # (a file that ended early shrank the size)
+
+    def _encrypt(self, data, segment=None):
+        """Encrypt ``data`` (a piece of ``segment``, if given) and write the
+        records; False if that ended the session or closed the transport."""
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            self._fail(exc)
+            return False
+        records = self._out.read()
+        self._emitted += len(records)
+        if segment is not None:
+            # (Before the write: a reset there closes, and the close ends
+            # the requests of the pieces in flight.)
+            self._in_flight.append((self._emitted, len(data), segment))
+        t = self.transport
+        Transport.write(t, records)
+        return not t.closed
+
+    def _account(self):
+        """Credit each file piece whose records the kernel took; end the
+        requests whose last piece went."""
+        flight = self._in_flight
+        if not flight:
+            return
+        delivered = self._emitted - Transport.get_write_buffer_size(self.transport)
+        while flight and flight[0][0] <= delivered:
+            _, size, segment = flight.popleft()
+            request = segment.request
+            request.sent += size
+            if not segment.remaining and not (flight and flight[0][2] is segment):
+                request._finish()
+
+    def _backlog_done(self, notify):
+        """The backlog is empty: what waited for it may go on."""
+        t = self.transport
+        if notify:
+            # One write notification, as after a connect: a layer that
+            # waited for the buffer to drain (Chat's close_when_done) is
+            # told even when the kernel took everything at once.
+            t.poller.defer_write(t)
+        if self._end_held:
+            self._end_held = False
+            if self._end == "eof":
+                t.write_eof()
+            else:
+                t.close_when_done()
+        else:
+            t.check_water_marks()
+
+    def _drop_held(self):
+        """Drop the backlog and forget the pieces in flight, crediting those
+        the kernel took. Returns a callable that ends the files' requests:
+        with ``error``, or as a success for a file that did go out whole.
+        (The caller decides when: callbacks may run into the transport.)"""
+        delivered = self._emitted - Transport.get_write_buffer_size(self.transport)
+        segments = {}  # (an ordered set)
+        short = set()
+        for mark, size, segment in self._in_flight:
+            segments[segment] = None
+            if mark <= delivered:
+                segment.request.sent += size
+            else:
+                short.add(segment)
+        for item in self._backlog:
+            if type(item) is FileSegment:
+                segments[item] = None
+                short.add(item)
+        self._backlog.clear()
+        self._backlog_size = 0
+        self._in_flight.clear()
+        self._slow_writes = not self.handshake_done
+        if not segments:
+            return None
+
+        def end(error):
+            for segment in segments:
+                whole = segment not in short and not segment.remaining
+                segment.request._finish(None if whole else error)
+
+        return end
 
     # -- ending (called by Transport.write_eof, close_when_done, close) ----
 
@@ -481,15 +665,23 @@ class TLSLayer:
         """``write_eof`` ("eof") or ``close_when_done`` ("close") was called.
 
         Returns True when the layer keeps the request until the handshake
-        is done; otherwise close_notify is queued and the transport goes on
-        as without TLS.
+        is done and the plaintext it holds (behind a file) is encrypted;
+        otherwise close_notify is queued and the transport goes on as
+        without TLS.
         """
-        if not self.handshake_done and self.error is None:
-            if self._began or self.transport.connecting:
-                if self._pending_end is None:
-                    self._pending_end = kind
-                return True
-            return False
+        if self.error is None and (
+            self._backlog if self.handshake_done
+            else self._began or self.transport.connecting
+        ):
+            # Held until the handshake is done and the backlog encrypted
+            # (_backlog_done asks again). close_when_done after write_eof
+            # closes.
+            if self._end is None or kind == "close":
+                self._end = kind
+            self._end_held = True
+            return True
+        if self._end is None:
+            self._end = kind
         self._goodbye()
         return False
 
@@ -507,14 +699,17 @@ class TLSLayer:
         self._send_out()
 
     def discard(self):
-        """``discard_write_buffer`` under TLS: drop the plaintext waiting
-        for the handshake; return True when records are about to be
-        dropped too, which the session cannot survive (the peer would miss
-        records it must decrypt in sequence)."""
-        self._pending = []
-        self._pending_size = 0
-        queue = self.transport._queue
-        return bool(queue) and self.handshake_done
+        """``discard_write_buffer`` under TLS: drop the plaintext not
+        encrypted yet (files end with an error); return True when records
+        are about to be dropped too, which the session cannot survive (the
+        peer would miss records it must decrypt in sequence)."""
+        t = self.transport
+        end_files = self._drop_held()
+        if end_files is not None:
+            end_files(BrokenPipeError("the write buffer was discarded"))
+        if self._end_held and self.handshake_done:
+            t.poller.defer_write(t)  # write_eof/close_when_done may go on now
+        return self.handshake_done and Transport.get_write_buffer_size(t) > 0
 
     def abandon(self):
         """Make the next close() an abort: no close_notify, nothing waits."""
@@ -523,21 +718,38 @@ class TLSLayer:
     def prepare_close(self):
         """Called by ``Transport.close`` before it unregisters.
 
-        Queues close_notify behind any records still queued. Unless the
-        peer's EOF came already and nothing is left to send, the socket and
-        its queue are taken from the transport, and a callable is returned
-        that hands them to a lingerer with a deadline once the transport has
-        unregistered; else None.
+        Queues close_notify behind any records still queued; plaintext not
+        encrypted yet is dropped, and unfinished files end with an error.
+        Unless the peer's EOF came already and nothing is left to send, the
+        socket and its queue are taken from the transport, and a callable is
+        returned that hands them to a lingerer with a deadline once the
+        transport has unregistered (and ends the files' requests, so that
+        their callbacks see a closed transport); else None.
         """
         t = self.transport
         self._cancel_timer()
         if self._more_timer is not None:
             self._more_timer.cancel()
             self._more_timer = None
+        end_files = self._drop_held()
+        linger = self._linger()
+        if end_files is None:
+            return linger
+        error = self.error or BrokenPipeError("the transport closed before the file was sent")
+
+        def after_close():
+            if linger is not None:
+                linger()
+            end_files(error)
+
+        return after_close
+
+    def _linger(self):
+        t = self.transport
         if self._abandoned or t.socket is None or not self.handshake_done:
             return None
-        queue = t._queue
-        if t._write_state != WRITE_SHUT and not self._goodbye_sent and self.error is None:
+        queued = Transport.get_write_buffer_size(t)
+        if t.write_state != WRITE_SHUT and not self._goodbye_sent and self.error is None:
             # (shut: close_notify went already.) One try to send it now;
             # errors are not reported, the transport is closing anyway.
             self._goodbye_sent = True
@@ -548,7 +760,7 @@ class TLSLayer:
             except ssl.SSLError:
                 return None
             notify = self._out.read()
-            if not queue:
+            if not queued:
                 try:
                     notify = notify[t.socket.send(notify):]
                 except (BlockingIOError, InterruptedError):
@@ -556,53 +768,41 @@ class TLSLayer:
                 except OSError:
                     return None  # the peer is gone: nothing to wait for
             if notify:
-                if queue is None:
-                    queue = WriteQueue()
-                queue.append(notify)
-        if self.close_timeout <= 0 or (t.eof_received and not queue):
+                t.write_queue.append(notify)
+                queued += len(notify)
+        if self.close_timeout <= 0 or (t.eof_received and not queued):
             return None
         # Wait (bounded) for the records to leave and for the peer's answer:
         # closing now, with its data unread, would reset the connection.
+        sock, queue = t.detach_socket()
         if queue is None:
             queue = WriteQueue()
-        sock = t.socket
-        t._queue = None
-        t.socket = None
         poller = t.poller
         timeout = self.close_timeout
         return lambda: _Lingerer(poller, sock, queue, timeout)
 
 
-class _Lingerer:
+class _Lingerer(Channel):
     """Sends a closed TLS transport's last records, then closes the socket.
 
-    A minimal poller channel. Once the records are out it shuts its side
-    down and reads (and drops) what still comes until the peer's EOF:
-    closing with unread data would send a reset, and a reset makes the
-    peer's kernel throw away what it had not read yet. A deadline bounds
-    it all.
+    A poller channel (:class:`pike.poller.Channel`) that owns the socket.
+    Once the records are out it shuts its side down and reads (and drops)
+    what still comes until the peer's EOF: closing with unread data would
+    send a reset, and a reset makes the peer's kernel throw away what it
+    had not read yet. A deadline bounds it all.
     """
 
-    _plain_read_event = False
-    connecting = accepting = False
-
     def __init__(self, poller, sock, queue, timeout):
-        self.poller = poller
+        super().__init__(poller, sock.fileno())
         self.socket = sock
         self._queue = queue
-        self._fileno = sock.fileno()
-        self._reading = True
-        self._write_armed = False
-        self.closed = False
         self._timer = None
         try:
             poller.add_channel(self)
             self._timer = poller.call_later(timeout, self.close)
         except (OSError, ValueError, RuntimeError):
             # (RuntimeError: the poller is closed, or a forked child's.)
-            self.poller.del_channel(self)
-            self._fileno = -1
-            self.closed = True
+            super().close()
             sock.close()
             return
         poller.defer_write(self)
@@ -619,8 +819,7 @@ class _Lingerer:
             if not self._queue:
                 self.close()
                 return
-            self._reading = False
-            self.poller.update_interest(self)
+            self.set_reading(False)
 
     def handle_write_event(self):
         try:
@@ -648,11 +847,9 @@ class _Lingerer:
     def close(self):
         if self.closed:
             return
-        self.closed = True
         if self._timer is not None:
             self._timer.cancel()
-        self.poller.del_channel(self)
-        self._fileno = -1
+        super().close()  # unregisters
         self._queue.clear()
         self.socket.close()
 

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # hints only: no typing cost at import
     import ssl
-    from typing import Any, Iterable, TypeVar, Union
+    from typing import Any, Callable, Iterable, Mapping, TypeVar, Union
 
     from typing import BinaryIO
 
@@ -102,6 +102,11 @@ class Transport:
     Set ``half_close = True`` (on the class or the instance) to keep the
     connection open for writing after the peer's EOF: :meth:`handle_eof`
     is called instead of :meth:`handle_close`.
+
+    A *layer* (TLS: :meth:`start_tls`) can sit between this logic and the
+    socket. It uses only the methods marked "for layers"
+    (:meth:`install_layer` first); the contract is in the contributors'
+    design page, "Transport -> layers".
     """
 
     #: Keep writing after the peer's EOF (see :meth:`handle_eof`).
@@ -140,6 +145,7 @@ class Transport:
 
     #: The :class:`pike.tls.TLSLayer` once :meth:`start_tls` was called.
     tls = None
+    _layered = False  # install_layer was called
 
     _writing_paused = False
     _high_water = DEFAULT_HIGH_WATER
@@ -354,7 +360,7 @@ class Transport:
             if self.closed:
                 return
         self.handle_write()
-        if self._close_after_drain and not self._queue and not self.closed:
+        if self._close_after_drain and not self.closed and not self.get_write_buffer_size():
             # Everything queued before (and after) the peer's EOF is sent.
             # (Checked after handle_write: a layer such as Chat refills the
             # queue from its producers there.)
@@ -614,9 +620,10 @@ class Transport:
                 self.handle_close()  # both directions are done
             return
         state = self._write_state
-        if self._queue or state == WRITE_EOF_AFTER_DRAIN or self.connecting:
+        if self.get_write_buffer_size() or state == WRITE_EOF_AFTER_DRAIN or self.connecting:
             # The connection ends by EOF: what was written to it still goes
-            # out, and handle_close() follows (handle_write_event).
+            # out, and handle_close() follows (handle_write_event). (The
+            # size, not the queue: a layer may hold bytes of its own.)
             self._close_after_drain = True
             self.poller.defer_write(self)
             return
@@ -761,18 +768,24 @@ class Transport:
         ``add_done_callback`` reports the end, ``sent`` the bytes sent (fewer
         than ``count`` if the file is shorter).
 
-        Not available under TLS yet (RuntimeError): ``write()`` the data.
+        Under TLS the bytes must be encrypted, so there is no zero-copy: the
+        layer reads the file in pieces (``os.pread``: the position is left
+        alone here too) and encrypts each as the transport's queue drains,
+        in order with the writes around it; ``sent`` counts the file's bytes
+        whose records the kernel took. See :doc:`tls`.
         """
         self._check_writable()
-        if self.tls is not None:
-            raise RuntimeError("sendfile() under TLS is not supported yet; write() the data")
         span = file_span(file, offset, count)
         request = SendfileRequest(span)
         if not span:
             request._finish()
             return request
+        segment = FileSegment(file, offset, span, request)
+        if self.tls is not None:
+            self.tls.sendfile(segment)  # read, encrypted and sent by the layer
+            return request
         queue = self._write_queue()
-        queue.append_file(FileSegment(file, offset, span, request))
+        queue.append_file(segment)
         self._queued_more()
         return request
 
@@ -978,6 +991,111 @@ class Transport:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+    # -- for layers (TLS...) ------------------------------------------------
+    #
+    # A layer sits between the transport's logic and its socket: it takes
+    # over receiving and sending on one instance, and uses the methods of
+    # this section, and nothing private, to act on the transport beneath.
+    # The contract is written down in docs/design.rst ("Transport ->
+    # layers"). A transport without a layer never runs any of it.
+
+    #: The methods a layer may put on one instance (:meth:`install_layer`).
+    LAYER_METHODS = frozenset((
+        "recv", "send", "write", "writelines", "get_write_buffer_size",
+        "resume_reading", "handle_read_event", "handle_connect_event",
+        "handle_write_event",
+    ))
+
+    def install_layer(self, methods: Mapping[str, Callable[..., Any]]) -> None:
+        """For layers: put ``methods`` on this instance in place of the class's.
+
+        ``methods`` maps names of :attr:`LAYER_METHODS` to callables (the
+        layer's bound methods). Instance attributes win over the class, so
+        a transport with a layer runs the layer's code, and one without
+        runs exactly what it ran before. What a layer replaced stays
+        reachable on the class: ``Transport.write(transport, data)`` is the
+        transport's own buffered write (in C when the accelerator runs),
+        ``type(transport).handle_connect_event(transport)`` the event as the
+        application's class defines it. Replacing ``handle_read_event``
+        tells the poller to call it instead of deciding inline. One layer
+        per transport: a second ``install_layer`` raises RuntimeError.
+        """
+        unknown = set(methods) - self.LAYER_METHODS
+        if unknown:
+            raise ValueError(f"not methods a layer may replace: {sorted(unknown)}")
+        # (A flag, not a look at self.__dict__: on CPython 3.11+ reading
+        # __dict__ turns the instance's inline attributes into a real dict,
+        # and every attribute access on the transport gets slower.)
+        if self._layered:
+            raise RuntimeError(f"{self!r} already has a layer")
+        self._layered = True
+        for name, function in methods.items():
+            setattr(self, name, function)
+        if "handle_read_event" in methods:
+            # The poller must call the layer's handle_read_event, not
+            # handle_read (see pike.poller.channel).
+            self._plain_read_event = False
+
+    @property
+    def write_state(self) -> int:
+        """For layers: the sending side's state, one of ``WRITE_OPEN`` (0:
+        ``write`` accepted), ``WRITE_EOF_AFTER_DRAIN``, ``WRITE_SHUT``,
+        ``WRITE_CLOSE_AFTER_DRAIN`` (module constants). Anything but
+        ``WRITE_OPEN`` means no more data may be written."""
+        return self._write_state
+
+    @property
+    def write_queue(self) -> WriteQueue:
+        """For layers: the transport's own :class:`~pike.write_queue.WriteQueue`
+        (made on first use), what ``Transport.write`` queued beneath any layer.
+
+        A layer may read its ``size`` and append to it while closing (see
+        :meth:`detach_socket`); the transport flushes it.
+        """
+        return self._write_queue()
+
+    def check_water_marks(self) -> None:
+        """For layers: the write buffer size changed outside ``write()``
+        (a layer's own buffer): fire ``handle_pause_writing`` or
+        ``handle_resume_writing`` if a water mark was crossed. Nothing
+        fires on a closed transport."""
+        self._check_water_marks()
+
+    def check_writable(self) -> None:
+        """For layers: raise what ``write()`` raises when the transport takes
+        no more data (RuntimeError after ``write_eof``/``close_when_done``,
+        BrokenPipeError once closed or before it has a socket); else nothing."""
+        self._check_writable()
+
+    def not_open_error(self) -> OSError:
+        """For layers: the OSError that ``recv``/``send`` raise on a transport
+        that is closed (EBADF) or has no socket yet (ENOTCONN)."""
+        return self._not_open()
+
+    def peer_eof(self) -> None:
+        """For layers: the stream the layer reads ended (for TLS: close_notify,
+        or a TCP EOF). Runs the end-of-file contract once, as ``recv`` does
+        on a plain transport: reading stops, ``handle_read_eof``, then
+        ``handle_close`` (or ``handle_eof``) once what was written has left;
+        "what was written" is :meth:`get_write_buffer_size`, so bytes a layer
+        still holds count."""
+        self._peer_eof()
+
+    def detach_socket(self) -> tuple[socket.socket | None, WriteQueue | None]:
+        """For a layer's close hook: take the socket and the write queue away.
+
+        Returns ``(socket, queue)`` (either may be None) and leaves the
+        transport with neither, so that ``close()`` unregisters it without
+        closing the socket: the layer now owns both, and must send what it
+        must (TLS: the last records and close_notify) and close the socket
+        itself, within a deadline. Only for ``prepare_close`` (see
+        docs/design.rst).
+        """
+        sock, queue = self.socket, self._queue
+        self.socket = None
+        self._queue = None
+        return sock, queue
 
     # -- helpers ----------------------------------------------------------
 

@@ -83,3 +83,14 @@ def poller(poller_name, implementation):
     # An fd that vanished in between is fine; a new one still open is a leak.
     leaked = {fd for fd in leaked if os.path.exists(f"/proc/self/fd/{fd}")}
     assert not leaked, f"fds leaked by the test: {sorted(leaked)}"
+
+
+@pytest.fixture
+def data_file(tmp_path):
+    """A regular file of a little over 3 MiB of random bytes, open for
+    reading: ``(file, payload)`` (the sendfile tests)."""
+    payload = os.urandom(3 << 20) + b"the end"
+    path = tmp_path / "payload.bin"
+    path.write_bytes(payload)
+    with open(path, "rb") as f:
+        yield f, payload

@@ -20,15 +20,6 @@ from pike.testing import PeerReader, RecordingTransport, run_until, transport_an
 FAMILIES = {"tcp": socket.AF_INET, "unix": socket.AF_UNIX}
 
 
-@pytest.fixture
-def data_file(tmp_path):
-    payload = os.urandom(3 << 20) + b"the end"
-    path = tmp_path / "payload.bin"
-    path.write_bytes(payload)
-    with open(path, "rb") as f:
-        yield f, payload
-
-
 def _pair(poller, family):
     t, peer = transport_and_peer(poller, FAMILIES[family])
     t.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)

@@ -15,22 +15,9 @@ import pytest
 import pike
 from pike.tls import DEFAULT_HANDSHAKE_TIMEOUT, TLSHandshakeTimeout
 
-from tls_support import (
-    Certs, Peer, TLSListener, close_everything, digest, run_until, tls_client,
+from tls_support import (  # noqa: F401 (certs and poller are fixtures)
+    Peer, TLSListener, certs, close_everything, digest, poller, run_until, tls_client,
 )
-
-
-@pytest.fixture(scope="module")
-def certs():
-    return Certs()
-
-
-@pytest.fixture
-def poller(poller):
-    """The shared fixture's poller, emptied first: closing a TLS transport
-    may leave a lingering close_notify channel, closed here too."""
-    yield poller
-    close_everything(poller)
 
 
 def _echo_once(poller, certs, payload, **client_options):

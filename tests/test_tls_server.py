@@ -17,21 +17,12 @@ from pike.server import Listener
 from pike.server.echo import EchoConnection
 from pike.server.socketserver import StreamRequestHandler, TCPServer
 
-from tls_support import Certs, Peer, close_everything, digest, run_until, tls_client
+from tls_support import (  # noqa: F401 (certs and poller are fixtures)
+    Peer, certs, digest, poller, run_until, tls_client,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 10.0
-
-
-@pytest.fixture(scope="module")
-def certs():
-    return Certs()
-
-
-@pytest.fixture
-def poller(poller):
-    yield poller
-    close_everything(poller)
 
 
 @pytest.fixture(scope="module")

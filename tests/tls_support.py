@@ -39,6 +39,21 @@ class Certs:
         return ctx
 
 
+@pytest.fixture(scope="module")
+def certs():
+    """One throwaway CA and server certificate per test module."""
+    return Certs()
+
+
+@pytest.fixture
+def poller(poller):
+    """The shared fixture's poller (import this into a TLS test module),
+    emptied first: closing a TLS transport may leave a lingering
+    close_notify channel, closed here too."""
+    yield poller
+    close_everything(poller)
+
+
 def run_until(poller, condition, timeout=10.0, what="the condition"):
     """Run ``poller`` until ``condition()`` is true; fail after ``timeout``."""
     deadline = time.monotonic() + timeout
