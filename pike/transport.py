@@ -330,7 +330,6 @@ class Transport:
         layer = TLSLayer(self, context, server_side, server_hostname,
                          handshake_timeout, close_timeout)
         self.tls = layer
-        self._update_receive_size()  # TLS receives through its own recv()
         layer.install()
         if self.connected:
             layer.begin()
@@ -634,15 +633,15 @@ class Transport:
     def _update_receive_size(self) -> None:
         """Let the poller receive for us when we deliver through handle_data.
 
-        Only on a connected stream socket without TLS (which decrypts in its
-        own ``recv``): not while connecting, listening, or closed.
+        Only on a connected stream socket without a layer (TLS decrypts in
+        its own ``recv``): not while connecting, listening, or closed.
         """
         size = 0
         if (
             self._delivers_data
             and self.connected
             and not (self.closed or self.accepting or self.connecting)
-            and self.tls is None
+            and not self._layered
             and self.socket is not None
             and self.socket.type == socket.SOCK_STREAM
         ):
@@ -1036,6 +1035,9 @@ class Transport:
             # The poller must call the layer's handle_read_event, not
             # handle_read (see pike.poller.channel).
             self._plain_read_event = False
+        # The poller must not receive for us any more: the layer's recv()
+        # stands between the socket and handle_data.
+        self._update_receive_size()
 
     @property
     def write_state(self) -> int:

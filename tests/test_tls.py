@@ -547,3 +547,42 @@ def test_write_eof_before_the_handshake(poller, certs):
     assert peer.events == ["handshake", "read_eof", "close"]
     flow = [e for e in client.events if e not in ("pause", "resume")]
     assert flow == ["connect", "handshake", "read_eof", "eof", "close"]
+
+
+class DataPeer(pike.Transport):
+    """Delivers through handle_data; echoes when asked."""
+
+    def __init__(self, *args, **kwargs):
+        self.chunks = []
+        self.echo = False
+        super().__init__(*args, **kwargs)
+
+    def handle_data(self, data):
+        self.chunks.append(data)
+        if self.echo:
+            self.write(data)
+
+    @property
+    def received(self):
+        return b"".join(self.chunks)
+
+
+def test_handle_data_before_and_after_starttls(poller, certs):
+    """The poller receives for a handle_data transport until start_tls;
+    from then on the layer decrypts and handle_data gets plaintext."""
+    a, b = socket.socketpair()
+    client, server = DataPeer(sock=a), DataPeer(sock=b)
+    assert server._receive_size > 0
+    client.write(b"plain hello\n")
+    run_until(poller, lambda: server.received == b"plain hello\n", what="the plaintext")
+    server.start_tls(certs.server_context(), server_side=True)
+    client.start_tls(certs.client_context(), server_hostname="localhost")
+    assert server._receive_size == client._receive_size == 0
+    payload = os.urandom(1024 * 1024)
+    server.echo = True
+    client.write(payload)
+    run_until(poller, lambda: len(client.received) >= len(payload), what="the echo")
+    assert digest(client.received) == digest(payload)
+    assert digest(server.received) == digest(b"plain hello\n" + payload)
+    client.close()
+    run_until(poller, lambda: server.closed, what="the server's close")

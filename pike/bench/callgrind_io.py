@@ -2,8 +2,8 @@
 
 Wall-clock microbenchmarks of one-microsecond calls are at the mercy of a
 shared machine; user-space instruction counts are not. This script counts
-them for the cases of :mod:`pike.bench.micro.bench_io`, on the pure path, the shipped C
-implementation and the cffi ``recv`` candidate that was not shipped::
+them for the cases of :mod:`pike.bench.micro.bench_io`, on the pure path and on the
+C implementation (whose primitive beneath ``send`` is C)::
 
     python -m pike bench --mode callgrind-io     # needs valgrind (Linux)
 
@@ -30,8 +30,8 @@ KIB = b"k" * 1024
 
 CASES = [
     ("send, would block", "send_block", ["python", "c"]),
-    ("recv, nothing to read", "recv_none", ["python", "c", "c-candidate"]),
-    ("recv, 1 KiB waiting", "recv_1k", ["python", "c", "c-candidate"]),
+    ("recv, nothing to read", "recv_none", ["python", "c"]),
+    ("recv, 1 KiB waiting", "recv_1k", ["python", "c"]),
     ("write, kernel takes it", "write", ["python", "c"]),
 ]
 
@@ -39,21 +39,15 @@ CASES = [
 def child(op, variant, iterations):
     import pike
     from pike import _impl
-    from pike.bench.micro import bench_io
     from pike.bench.micro.benchutil import fill
     from pike.transport import Transport
 
-    _impl.select_implementation("python" if variant == "python" else "c")
+    _impl.select_implementation(variant)
     a, b = socket.socketpair()
     a.setblocking(False)
     b.setblocking(False)
     t = Transport(pike.make_poller("poll"), a)
-    if variant == "c-candidate":
-        from pike._pike_accel import ffi, lib
-
-        recv = bench_io.c_recv_candidate(ffi, lib)
-    else:
-        recv = Transport.recv
+    recv = Transport.recv
     write = Transport.write
     buf = bytearray(65536)
 
@@ -104,7 +98,7 @@ def main(argv=None):
     valgrind = shutil.which("valgrind")
     if valgrind is None:
         sys.exit("valgrind is not installed")
-    variants = ["python", "c", "c-candidate"]
+    variants = ["python", "c"]
     print(f"{'operation':24s}" + "".join(f"{v:>13s}" for v in variants))
     with tempfile.TemporaryDirectory() as workdir:
         for title, op, present in CASES:

@@ -72,19 +72,19 @@ class BatchedEpollPoller(EpollPoller):
             self._set_receive_size(fd, channel._receive_size if channel._reading else 0)
         super()._apply_interest()
 
-    def del_channel(self, channel):  # type: ignore[no-untyped-def]
+    def del_channel(self, channel):
         fd = channel._fileno
         if self._channels.get(fd) is channel and 0 <= fd:
             self._set_receive_size(fd, 0)
         super().del_channel(channel)
 
-    def _lost_fd(self, fd, channel):  # type: ignore[no-untyped-def]
+    def _lost_fd(self, fd, channel):
         self._set_receive_size(fd, 0)
         super()._lost_fd(fd, channel)
 
     # -- one iteration ----------------------------------------------------
 
-    def _wait(self, timeout):  # type: ignore[no-untyped-def]
+    def _wait(self, timeout):
         """Wait and receive; returns the C call's record counts (packed)."""
         n = lib.pike_epoll_batch(
             self._epfd, round_up_ms(timeout), self._event_space, _MAX_EVENTS,
@@ -97,7 +97,7 @@ class BatchedEpollPoller(EpollPoller):
             raise OSError(-n, os.strerror(-n))
         return n
 
-    def _dispatch(self, counts):  # type: ignore[no-untyped-def]
+    def _dispatch(self, counts):
         channels = self._channels
         stale = self._stale
         count = 0
@@ -134,7 +134,7 @@ class BatchedEpollPoller(EpollPoller):
                 stale.clear()
         return count
 
-    def _dispatch_other(self, n):  # type: ignore[no-untyped-def]
+    def _dispatch_other(self, n):
         """Events without received bytes: EOFs, errors, and the rest as on
         the plain poller (the waker, listeners, channels that read for
         themselves, write notifications)."""
@@ -168,7 +168,7 @@ class BatchedEpollPoller(EpollPoller):
         return count
 
 
-def _read_event(channel):  # type: ignore[no-untyped-def]
+def _read_event(channel):
     """As the plain poller's dispatch: Transport's read event inline."""
     if channel._plain_read_event and not (channel.connecting or channel.accepting):
         channel.handle_read()

@@ -1,17 +1,16 @@
 """Transport's raw I/O calls, pure Python against C.
 
-``send`` and ``write`` are what the C path ships (``pike/_c_path.py``):
-they run under both implementations. ``recv`` stays pure on both (under
-``c`` it is the same pure method, which the ``[c]`` rows confirm); the
-``*_c_candidate`` benchmarks time the cffi ``recv`` that was tried and not
-shipped, so the table shows why.
+Each runs under both implementations. Beneath ``send`` the C path has its
+own primitive (``pike/_c_path.py``: no exception when it would block);
+``write`` and ``recv`` use the socket's own methods on both (a cffi
+``recv`` was tried: making a bytes object from C memory through cffi cost
+more than the whole of ``socket.recv``), which the ``[c]`` rows confirm.
 
 Single calls take about a microsecond, so the timed-per-call benchmarks
 that need an untimed set-up between calls (data to read, room to write)
 include the clock's own overhead, equally for both sides.
 """
 
-import errno
 import socket
 
 import pytest
@@ -34,31 +33,6 @@ def transport(pair):
     yield t, b
     t.close()
     poller.close()
-
-
-# -- the C candidate (what recv would be in C) -----------------------------------
-
-
-def c_recv_candidate(ffi, lib, size=262144):
-    """A cffi ``Transport.recv``: pike_recv into one reusable buffer."""
-    buf = ffi.new("char[]", size)
-    unpack = ffi.unpack
-    c_recv = lib.pike_recv
-    eagain = -errno.EAGAIN
-
-    def recv(self, bufsize):
-        n = c_recv(self._fileno, buf, bufsize if bufsize < size else size)
-        if n > 0:
-            return unpack(buf, n)
-        if n == eagain:
-            return b""
-        if n == 0:
-            if self.socket.type != socket.SOCK_DGRAM:
-                self._peer_eof()
-            return b""
-        raise OSError(-n, "recv failed")  # (the other errors: not timed here)
-
-    return recv
 
 
 # -- send that would block (shipped in C) ---------------------------------------
@@ -95,19 +69,9 @@ def test_recv_1k_waiting(benchmark, implementation, transport):
     _bench_recv_waiting(benchmark, Transport.recv, t, peer)
 
 
-def test_recv_1k_waiting_c_candidate(benchmark, accel, transport):
-    t, peer = transport
-    _bench_recv_waiting(benchmark, c_recv_candidate(*accel), t, peer)
-
-
 def test_recv_nothing_waiting(benchmark, implementation, transport):
     t, peer = transport
     assert benchmark(t.recv, 65536) == b""
-
-
-def test_recv_nothing_waiting_c_candidate(benchmark, accel, transport):
-    t, peer = transport
-    assert benchmark(c_recv_candidate(*accel), t, 65536) == b""
 
 
 # -- write that the kernel takes ---------------------------------------------------
