@@ -4,8 +4,11 @@
  *
  * This file includes Python.h for one reason: a wait that blocks must let
  * other threads run, so it releases the GIL around a blocking epoll_wait
- * (PyEval_SaveThread / PyEval_RestoreThread, both in the limited API).
- * Nothing else here touches Python objects. See pike_accel.h for the
+ * (PyEval_SaveThread / PyEval_RestoreThread, both in the limited API), as
+ * Python's own select.epoll.poll does. A signal that interrupts the wait
+ * ends it with EINTR; Python runs the handler when the call returns (as
+ * with epoll.poll, a signal that lands just before the wait begins is
+ * handled when the wait ends). Nothing else here touches Python objects. See pike_accel.h for the
  * contract of pike_epoll_batch.
  */
 #define _GNU_SOURCE
@@ -39,9 +42,12 @@ long pike_epoll_batch(int epfd, int timeout_ms, void *event_space, int max_event
     n = epoll_wait(epfd, events, max_events, 0);
     if (n == 0 && timeout_ms != 0) {
         PyThreadState *state = PyEval_SaveThread();
+        int wait_errno;
 
         n = epoll_wait(epfd, events, max_events, timeout_ms);
+        wait_errno = errno; /* (taking the GIL back must not hide it) */
         PyEval_RestoreThread(state);
+        errno = wait_errno;
     }
     if (n < 0)
         return -(long)errno; /* EINTR included: Python runs the signal handlers */

@@ -98,8 +98,15 @@ def count(label, seconds, valgrind, control, loadgen, workdir, connections=1):
     finally:
         proc.terminate()
         try:
-            # Under valgrind, exit and the final dump take a while.
-            _, stderr = proc.communicate(timeout=300)
+            # Under valgrind, exit and the final dump take a while; and a
+            # signal that arrives just before a wait begins can be noted
+            # without ending the wait (valgrind delivers signals at system
+            # calls), so a second one follows if the first goes unanswered.
+            try:
+                _, stderr = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+                _, stderr = proc.communicate(timeout=300)
         except subprocess.TimeoutExpired:
             proc.kill()
             _, stderr = proc.communicate()

@@ -87,7 +87,8 @@ class BatchedEpollPoller(EpollPoller):
     def _wait(self, timeout):
         """Wait and receive; returns the C call's record counts (packed)."""
         n = lib.pike_epoll_batch(
-            self._epfd, round_up_ms(timeout), self._event_space, _MAX_EVENTS,
+            self._epfd, -1 if timeout is None else round_up_ms(timeout),
+            self._event_space, _MAX_EVENTS,
             self._receive_sizes, self._receive_sizes_len, self._read_mask,
             self._arena, _ARENA_SIZE, self._data_records, self._other_records,
         )
@@ -109,13 +110,18 @@ class BatchedEpollPoller(EpollPoller):
                 arena = self._arena_bytes
                 fields = iter(ffi.unpack(self._data_records, 2 * n_data))
                 start = 0
+                count = n_data  # (less the skipped: counting each costs more)
                 for fd, end in zip(fields, fields):
                     data = arena[start:end]
                     start = end
-                    channel = channels.get(fd)
-                    if channel is None or (stale and fd in stale):
-                        continue  # closed (and maybe replaced) in this batch
-                    count += 1
+                    try:
+                        channel = channels[fd]
+                    except KeyError:  # (the poller was closed by a callback)
+                        count -= 1
+                        continue
+                    if stale and fd in stale:
+                        count -= 1  # closed (and maybe replaced) in this batch
+                        continue
                     try:
                         if channel._reading:
                             channel.handle_data(data)
