@@ -126,17 +126,19 @@ class Chat(Transport):
     The terminator starts as None (all input is data).
 
     Subclasses define :meth:`collect_incoming_data` and
-    :meth:`found_terminator`. A subclass that overrides :meth:`handle_read`,
+    :meth:`found_terminator`. Input arrives through :meth:`handle_data`,
+    received by the transport (by the poller, in batches, where it can). A
+    subclass that overrides :meth:`handle_read`, :meth:`handle_data`,
     :meth:`handle_write` or :meth:`handle_resume_writing` must call the
     base method, which frames input and feeds the producers to the socket.
     """
 
-    #: The most bytes one :meth:`handle_read` receives.
+    #: The most bytes one read receives (see :attr:`read_size`).
     ac_in_buffer_size = 65536
     #: The most bytes gathered from the producer FIFO for one write call.
     ac_out_buffer_size = 65536
     #: The longest frame content, in bytes, before a ``bytes`` terminator;
-    #: None for no limit. Read at every :meth:`handle_read`, so it may be set
+    #: None for no limit. Read at every read, so it may be set
     #: on the class or on an instance at any time.
     max_frame_size = DEFAULT_MAX_FRAME_SIZE
 
@@ -207,10 +209,15 @@ class Chat(Transport):
         """
         raise NotImplementedError("must be implemented in subclass")
 
-    def handle_read(self) -> None:
-        """Receive up to :attr:`ac_in_buffer_size` bytes and frame them."""
-        data = self.recv(self.ac_in_buffer_size)
-        if not data or self.closed:
+    @property
+    def read_size(self) -> int:  # type: ignore[override]
+        """Bytes per read: :attr:`ac_in_buffer_size` (read when the
+        connection is made, and by every :meth:`handle_read`)."""
+        return self.ac_in_buffer_size
+
+    def handle_data(self, data: bytes) -> None:
+        """Frame what was received (the transport receives for Chat)."""
+        if self.closed:
             return
         framer = self._framer
         framer.max_frame_size = self.max_frame_size

@@ -37,7 +37,7 @@ from .errors import (
     CONNECT_IN_PROGRESS_ERRNOS,
     CONNECTION_LOST_ERRNOS,
 )
-from .poller import get_poller
+from .poller import RECV_CAP, get_poller
 from .sendfile import FileSegment, SendfileRequest, file_span
 from .write_queue import WriteQueue
 
@@ -132,7 +132,10 @@ class Transport:
     #: Bytes asked of the kernel per read for :meth:`handle_data` (as
     #: asyncio and uvloop, 256 KiB: a stream moves in few, large reads).
     read_size = 256 * 1024
-    # The class overrides handle_data and not handle_read (__init_subclass__).
+    # The class overrides handle_data (__init_subclass__) ...
+    _has_handle_data = False
+    # ... and neither handle_read nor handle_read_event: the poller may
+    # receive for it.
     _delivers_data = False
     # Data (and b"" for an EOF) received for this transport while it was
     # paused: see _hold_received.
@@ -154,9 +157,11 @@ class Transport:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls._plain_read_event = cls.handle_read_event is Transport.handle_read_event
+        cls._has_handle_data = cls.handle_data is not Transport.handle_data
         cls._delivers_data = (
-            cls.handle_data is not Transport.handle_data
+            cls._has_handle_data
             and cls.handle_read is Transport.handle_read
+            and cls._plain_read_event
         )
 
     def __init__(self, alternate_poller: Poller | None = None, sock: socket.socket | None = None) -> None:
@@ -420,12 +425,12 @@ class Transport:
     def handle_read(self) -> None:
         """The socket has data (or EOF) to read: call :meth:`recv`.
 
-        A class that overrides :meth:`handle_data` (and not this method)
-        gets its data there; otherwise the default discards what it reads,
-        and notices the EOF.
+        A class that overrides :meth:`handle_data` gets its data there (an
+        override of this method may call it); otherwise the default
+        discards what it reads, and notices the EOF.
         """
-        if self._delivers_data:
-            data = self.recv(self.read_size)
+        if self._has_handle_data:
+            data = self.recv(min(self.read_size, RECV_CAP))
             if data:
                 self.handle_data(data)
         else:
@@ -434,9 +439,12 @@ class Transport:
     def handle_data(self, data: bytes) -> None:
         """Opt in to receive data here instead of calling :meth:`recv`.
 
-        Override it (and leave :meth:`handle_read` alone) and the transport
-        receives for you: each call brings the bytes of one read, up to
-        :attr:`read_size`, never empty. The EOF still goes to
+        Override it (and leave :meth:`handle_read` and
+        :meth:`handle_read_event` alone) and the transport receives for you:
+        each call brings the bytes of one read, never empty: up to
+        :attr:`read_size` on the C accelerator's epoll poller, up to the
+        smaller of that and 64 KiB elsewhere (see
+        ``pike.poller.loop.RECV_CAP``). The EOF still goes to
         :meth:`handle_read_eof` and then :meth:`handle_close` (or
         :meth:`handle_eof`), and a lost connection to :meth:`handle_close`,
         exactly as with ``recv()``. No calls come while reading is paused.

@@ -23,7 +23,7 @@ import select as _select
 
 from .channel import Channel
 from .default import available_pollers, get_poller, loop, make_poller, set_poller
-from .loop import MAX_WAIT, READ, WRITE, Poller
+from .loop import MAX_WAIT, READ, RECV_CAP, WRITE, Poller
 from .select_backend import SelectPoller
 
 if hasattr(_select, "poll"):
@@ -35,6 +35,7 @@ if hasattr(_select, "kqueue"):
 
 __all__ = [
     "MAX_WAIT",
+    "RECV_CAP",
     "READ",
     "WRITE",
     "Channel",

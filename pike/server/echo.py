@@ -20,10 +20,8 @@ class EchoConnection(Transport):
     read_size = 65536
     _stopping = False
 
-    def handle_read(self) -> None:
-        data = self.recv(self.read_size)
-        if data and not self.closed:
-            self.write(data)
+    def handle_data(self, data: bytes) -> None:
+        self.write(data)
 
     def handle_pause_writing(self) -> None:
         self.pause_reading()
