@@ -22,9 +22,10 @@ long pike_send(int fd, const char *buf, size_t len);
  * elsewhere it returns -ENOSYS). Waits up to timeout_ms (-1: no limit) for
  * at most max_events events (at most 65535) into event_space (max_events
  * times pike_epoll_event_size() bytes), then, for each event that has one
- * of the read_events bits, receives for its fd when receive_sizes[fd] > 0
- * (fds beyond receive_sizes_len count as 0) and the arena still has that
- * many bytes free. Each event becomes a record:
+ * of the read_events bits, receives for its fd up to receive_sizes[fd]
+ * bytes when that is > 0 (fds beyond receive_sizes_len count as 0): up to
+ * what the arena has left, when that is less, as long as it is at least
+ * 64 KiB (below that, no receive is made). Each event becomes a record:
  *   - in data_records, two longs for bytes received: the fd, and the
  *     arena offset where they end (they start where the previous record's
  *     end, the first at 0);

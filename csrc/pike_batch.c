@@ -23,6 +23,10 @@
 #ifdef __linux__
 #include <sys/epoll.h>
 
+/* The least a receive into the arena asks for when the arena cannot hold
+ * the channel's whole read size: a smaller read is left to the channel. */
+#define PIKE_MIN_RECEIVE 65536L
+
 size_t pike_epoll_event_size(void)
 {
     return sizeof(struct epoll_event);
@@ -57,12 +61,18 @@ long pike_epoll_batch(int epfd, int timeout_ms, void *event_space, int max_event
         unsigned int bits = events[i].events;
         long result = PIKE_NOT_RECEIVED;
 
-        if ((bits & read_events) && fd >= 0 && fd < receive_sizes_len
-                && receive_sizes[fd] > 0 && arena_size - used >= receive_sizes[fd]) {
+        long want = (bits & read_events) && fd >= 0 && fd < receive_sizes_len
+                    ? receive_sizes[fd] : 0;
+
+        /* Up to what the arena has left; once less than PIKE_MIN_RECEIVE
+         * is left (or asked for), the channel receives for itself. */
+        if (want > arena_size - used)
+            want = arena_size - used;
+        if (want >= PIKE_MIN_RECEIVE || (want > 0 && want == receive_sizes[fd])) {
             ssize_t got;
 
             do {
-                got = recv(fd, arena + used, (size_t)receive_sizes[fd], MSG_DONTWAIT);
+                got = recv(fd, arena + used, (size_t)want, MSG_DONTWAIT);
             } while (got < 0 && errno == EINTR);
             result = got < 0 ? -(long)errno : (long)got;
         }

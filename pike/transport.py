@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # hints only: no typing cost at import
     from typing import BinaryIO
 
     from .poller import Poller
+    from .timers import TimerHandle
     from .tls import TLSLayer
 
     Buffer = Union[bytes, bytearray, memoryview]
@@ -71,14 +72,18 @@ _SOCK_STREAM = socket.SOCK_STREAM
 _SOMAXCONN = socket.SOMAXCONN
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
-# The primitive beneath write() and send(): ``socket.send``'s contract, except
-# that it may return 0 instead of raising BlockingIOError. This is the one
-# place the two implementations differ beneath Transport's logic (with the
-# epoll poller's batched wait, pike.poller.epoll_batch): the C accelerator
-# installs its own (pike._c_path), which reports a would-block without
-# building an exception and keeps the GIL. The pure one is the socket method
-# itself, called unbound: no Python frame of its own.
+# The primitive beneath send(): ``socket.send``'s contract, except that it
+# may return 0 instead of raising BlockingIOError. It is where the two
+# implementations differ beneath Transport's logic (with the epoll poller's
+# batched wait, pike.poller.epoll_batch): the C accelerator installs its own
+# (pike._c_path), which reports a would-block without building an exception
+# and keeps the GIL. The pure one is the socket method itself, called
+# unbound: no Python frame of its own.
 _send_now = socket.socket.send
+# write() calls the socket's own send on both implementations: beneath the
+# shared write() the C send cost more than it saved (docs/accelerator.rst).
+# (Called unbound, so a socket subclass's send() override is not used --
+# as the C send, which sends on the fd, never did.)
 _socket_send = socket.socket.send
 
 # A receive that found nothing after all (a spurious wake-up).
@@ -130,7 +135,8 @@ class Transport:
     _plain_read_event = True
 
     #: Bytes asked of the kernel per read for :meth:`handle_data` (as
-    #: asyncio and uvloop, 256 KiB: a stream moves in few, large reads).
+    #: asyncio and uvloop, 256 KiB: a stream moves in few, large reads;
+    #: at most ``pike.poller.RECV_CAP`` a read except on the C batch).
     read_size = 256 * 1024
     # The class overrides handle_data (__init_subclass__) ...
     _has_handle_data = False
@@ -140,6 +146,7 @@ class Transport:
     # Data (and b"" for an EOF) received for this transport while it was
     # paused: see _hold_received.
     _held: list[bytes] | None = None
+    _held_release: TimerHandle | None = None  # resume_reading's call to _release_held
 
     #: Seconds a listening transport stops accepting after accept() ran out
     #: of a resource (EMFILE...), as asyncio does; see :meth:`handle_accept`.
@@ -682,6 +689,7 @@ class Transport:
             self._held.append(data)
 
     def _release_held(self) -> None:
+        self._held_release = None
         held = self._held
         if held is None or self.closed:
             return
@@ -932,11 +940,16 @@ class Transport:
         if self._reading:
             self._reading = False
             self.poller.update_interest(self)
+        elif self._held_release is not None:
+            # Paused again before held data went out: it waits on.
+            self._held_release.cancel()
+            self._held_release = None
 
     def resume_reading(self) -> None:
         if self._held is not None:
             # Deliver what was held first, from the loop (as any data).
-            self.poller.call_later(0, self._release_held)
+            if self._held_release is None:
+                self._held_release = self.poller.call_later(0, self._release_held)
             return
         if not self._reading and not self.eof_received:
             self._reading = True
@@ -967,6 +980,9 @@ class Transport:
         self._reading = False
         self._receive_size = 0
         self._held = None
+        if self._held_release is not None:
+            self._held_release.cancel()
+            self._held_release = None
         self._write_armed = False
         self.poller.del_channel(self)
         if self._queue is not None:

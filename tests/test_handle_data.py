@@ -218,6 +218,12 @@ def test_a_pause_from_another_transport_in_the_same_batch(poller):
         runner, paused = (first, second) if first.chunks else (second, first)
         assert not paused.chunks and not paused.is_reading()
         assert "close" not in paused.events
+        # Resumed and paused again before the loop runs: still nothing.
+        paused.resume_reading()
+        paused.pause_reading()
+        for _ in range(5):
+            poller.poll(0.02)
+        assert not paused.chunks and "close" not in paused.events
         paused.resume_reading()
         run_until(poller, lambda: paused.closed and runner.closed)
         assert first.received == b"one" and second.received == b"two"

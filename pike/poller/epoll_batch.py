@@ -32,8 +32,9 @@ from .loop import round_up_ms
 
 # Events taken per wait: what is left is reported by the next one.
 _MAX_EVENTS = 1024
-# Received bytes per iteration, at most. A channel whose read does not fit
-# in what is left is dispatched as on the plain poller (it receives itself).
+# Received bytes per iteration, at most. A channel's read takes what is left
+# when that is less than its read size but at least 64 KiB; below that it
+# is dispatched as on the plain poller (it receives itself).
 _ARENA_SIZE = 1024 * 1024
 _NOT_RECEIVED = lib.PIKE_NOT_RECEIVED
 _RETRY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
