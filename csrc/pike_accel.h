@@ -6,8 +6,7 @@
  * Every function is safe to call from Python through cffi (API mode): no
  * function keeps a pointer it was given, and none blocks (sockets are
  * non-blocking; MSG_DONTWAIT is passed as well, so a socket left blocking
- * by mistake cannot hang the loop) -- except the poller's wait,
- * pike_epoll_batch, which releases the GIL while it may block.
+ * by mistake cannot hang the loop; the poller's batch never waits).
  */
 #ifndef PIKE_ACCEL_H
 #define PIKE_ACCEL_H
@@ -19,9 +18,9 @@ long pike_send(int fd, const char *buf, size_t len);
 
 /*
  * The epoll poller's batched iteration (csrc/pike_batch.c; Linux only,
- * elsewhere it returns -ENOSYS). Waits up to timeout_ms (-1: no limit) for
- * at most max_events events (at most 65535) into event_space (max_events
- * times pike_epoll_event_size() bytes), then, for each event that has one
+ * elsewhere it returns -ENOSYS). Collects the events ready now, without
+ * waiting, at most max_events of them (at most 65535) into event_space
+ * (max_events times pike_epoll_event_size() bytes); then, for each event that has one
  * of the read_events bits, receives for its fd up to receive_sizes[fd]
  * bytes when that is > 0 (fds beyond receive_sizes_len count as 0): up to
  * what the arena has left, when that is less, as long as it is at least
@@ -33,17 +32,14 @@ long pike_send(int fd, const char *buf, size_t len);
  *     the receive's result (0 at EOF, -errno, or PIKE_NOT_RECEIVED when
  *     no receive was made). An event with bytes received and write bits
  *     too is in both lists, its read bits cleared in other_records.
- * Returns (data count << 16) | other count, or -errno when the wait
- * failed (-EINTR: a signal arrived).
- *
- * The one function that blocks: it releases the GIL around a wait that may
- * (never around a receive, which cannot).
+ * Returns (data count << 16) | other count, or -errno when epoll_wait
+ * failed.
  */
 #define PIKE_NOT_RECEIVED (-1000000L)
 
 size_t pike_epoll_event_size(void);
 
-long pike_epoll_batch(int epfd, int timeout_ms, void *event_space, int max_events,
+long pike_epoll_batch(int epfd, void *event_space, int max_events,
                       const long *receive_sizes, long receive_sizes_len,
                       unsigned int read_events, char *arena, long arena_size,
                       long *data_records, long *other_records);

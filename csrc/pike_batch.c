@@ -1,19 +1,14 @@
 /*
- * The epoll poller's batched iteration: one call waits for events and
- * receives for every ready channel that asked the poller to receive for it.
- *
- * This file includes Python.h for one reason: a wait that blocks must let
- * other threads run, so it releases the GIL around a blocking epoll_wait
- * (PyEval_SaveThread / PyEval_RestoreThread, both in the limited API), as
- * Python's own select.epoll.poll does. A signal that interrupts the wait
- * ends it with EINTR; Python runs the handler when the call returns (as
- * with epoll.poll, a signal that lands just before the wait begins is
- * handled when the wait ends). Nothing else here touches Python objects. See pike_accel.h for the
+ * The epoll poller's batched iteration: one call collects the ready events
+ * and receives for every ready channel that asked the poller to receive
+ * for it. It never blocks: when nothing is ready the poller waits in
+ * Python's own epoll.poll, where a signal ends the wait and its Python
+ * handler runs. (A blocking wait in here would widen the window in which a
+ * signal that arrives just before the wait is noted but does not end it:
+ * a server stopped by SIGTERM could sleep on.) See pike_accel.h for the
  * contract of pike_epoll_batch.
  */
 #define _GNU_SOURCE
-#include <Python.h>
-
 #include "pike_accel.h"
 
 #include <errno.h>
@@ -32,7 +27,7 @@ size_t pike_epoll_event_size(void)
     return sizeof(struct epoll_event);
 }
 
-long pike_epoll_batch(int epfd, int timeout_ms, void *event_space, int max_events,
+long pike_epoll_batch(int epfd, void *event_space, int max_events,
                       const long *receive_sizes, long receive_sizes_len,
                       unsigned int read_events, char *arena, long arena_size,
                       long *data_records, long *other_records)
@@ -41,20 +36,9 @@ long pike_epoll_batch(int epfd, int timeout_ms, void *event_space, int max_event
     long used = 0, n_data = 0, n_other = 0;
     int n, i;
 
-    /* A busy loop finds events at once: ask without a timeout first, and
-     * release the GIL only when the wait may really block. */
-    n = epoll_wait(epfd, events, max_events, 0);
-    if (n == 0 && timeout_ms != 0) {
-        PyThreadState *state = PyEval_SaveThread();
-        int wait_errno;
-
-        n = epoll_wait(epfd, events, max_events, timeout_ms);
-        wait_errno = errno; /* (taking the GIL back must not hide it) */
-        PyEval_RestoreThread(state);
-        errno = wait_errno;
-    }
+    n = epoll_wait(epfd, events, max_events, 0); /* no timeout: never blocks */
     if (n < 0)
-        return -(long)errno; /* EINTR included: Python runs the signal handlers */
+        return -(long)errno;
 
     for (i = 0; i < n; i++) {
         int fd = events[i].data.fd;
@@ -104,12 +88,12 @@ size_t pike_epoll_event_size(void)
     return 0;
 }
 
-long pike_epoll_batch(int epfd, int timeout_ms, void *event_space, int max_events,
+long pike_epoll_batch(int epfd, void *event_space, int max_events,
                       const long *receive_sizes, long receive_sizes_len,
                       unsigned int read_events, char *arena, long arena_size,
                       long *data_records, long *other_records)
 {
-    (void)epfd; (void)timeout_ms; (void)event_space; (void)max_events;
+    (void)epfd; (void)event_space; (void)max_events;
     (void)receive_sizes; (void)receive_sizes_len; (void)read_events;
     (void)arena; (void)arena_size; (void)data_records; (void)other_records;
     return -ENOSYS;

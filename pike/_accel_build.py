@@ -32,7 +32,7 @@ CDEF = """
 long pike_send(int fd, const char *buf, size_t len);
 #define PIKE_NOT_RECEIVED ...
 size_t pike_epoll_event_size(void);
-long pike_epoll_batch(int epfd, int timeout_ms, void *event_space, int max_events,
+long pike_epoll_batch(int epfd, void *event_space, int max_events,
                       const long *receive_sizes, long receive_sizes_len,
                       unsigned int read_events, char *arena, long arena_size,
                       long *data_records, long *other_records);
@@ -42,8 +42,9 @@ long pike_epoll_batch(int epfd, int timeout_ms, void *event_space, int max_event
 # cannot block (sockets are non-blocking and MSG_DONTWAIT is passed), and the release/retake pair cost about 400 user-space
 # instructions a call (callgrind, CPython 3.11), more than a 1 KiB send's
 # own user-space work. So the wrappers keep the GIL: another thread waits at
-# most one non-blocking system call. A function that may block must release
-# the GIL itself, as pike_epoll_batch does around a wait that may block.
+# most one non-blocking system call. A function that may block must not be
+# added here: pike_epoll_batch never waits (the poller waits in Python's own
+# epoll.poll, which releases the GIL and runs signal handlers).
 KEEP_GIL = """
 #undef Py_BEGIN_ALLOW_THREADS
 #define Py_BEGIN_ALLOW_THREADS {

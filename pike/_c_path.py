@@ -7,7 +7,7 @@ in :mod:`pike.transport`. What the implementations differ in is beneath it:
   path and :func:`send_now` here on the C one;
 * waiting and receiving: the epoll poller, which on the C path is
   :class:`pike.poller.epoll_batch.BatchedEpollPoller` (one C call per loop
-  iteration waits and receives for every ready ``handle_data`` transport).
+  iteration collects and receives for every ready ``handle_data`` transport).
 
 :func:`send_now` keeps ``socket.send``'s contract with two differences
 that make it cheaper: a send that would block returns 0 instead of

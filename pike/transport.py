@@ -458,7 +458,7 @@ class Transport:
 
         Besides sparing a protocol its ``recv()`` call, this lets the poller
         receive for many transports at once: with the C accelerator on
-        epoll, one call into C waits and receives for every ready transport
+        epoll, one call into C receives for every ready transport
         of a loop iteration.
         """
 

@@ -2,7 +2,7 @@
 
 :class:`EpollPoller` asks the kernel for events and then, per ready channel,
 goes through Python to receive (``socket.recv``). Here one call into C
-(``pike_epoll_batch``, in ``csrc/pike_batch.c``) waits and also receives for
+(``pike_epoll_batch``, in ``csrc/pike_batch.c``) collects the ready events and receives for
 every ready channel whose ``_receive_size`` is above 0 (Transports that
 deliver through ``handle_data``), into one reusable arena; the dispatch
 below then only slices each channel's bytes out of the arena and calls it
@@ -28,7 +28,6 @@ import os
 
 from .._pike_accel import ffi, lib
 from .epoll_backend import EpollPoller
-from .loop import round_up_ms
 
 # Events taken per wait: what is left is reported by the next one.
 _MAX_EVENTS = 1024
@@ -86,18 +85,28 @@ class BatchedEpollPoller(EpollPoller):
     # -- one iteration ----------------------------------------------------
 
     def _wait(self, timeout):
-        """Wait and receive; returns the C call's record counts (packed)."""
-        n = lib.pike_epoll_batch(
-            self._epfd, -1 if timeout is None else round_up_ms(timeout),
-            self._event_space, _MAX_EVENTS,
+        """Collect and receive; returns the C call's record counts (packed).
+
+        The C call never blocks. When it finds nothing and the caller may
+        wait, the wait is Python's own ``epoll.poll`` (for one event), which
+        releases the GIL and, when a signal interrupts it, runs the signal's
+        Python handler; then the C call collects what is ready (epoll is
+        level-triggered: what ended the wait is still there).
+        """
+        counts = self._collect()
+        if not counts and timeout != 0 and self._epoll.poll(timeout, 1):
+            counts = self._collect()
+        return counts
+
+    def _collect(self):
+        counts = lib.pike_epoll_batch(
+            self._epfd, self._event_space, _MAX_EVENTS,
             self._receive_sizes, self._receive_sizes_len, self._read_mask,
             self._arena, _ARENA_SIZE, self._data_records, self._other_records,
         )
-        if n < 0:
-            if n == -errno.EINTR:
-                return 0  # Python runs the signal handlers; the loop goes on
-            raise OSError(-n, os.strerror(-n))
-        return n
+        if counts < 0:
+            raise OSError(-counts, os.strerror(-counts))
+        return counts
 
     def _dispatch(self, counts):
         channels = self._channels
