@@ -151,42 +151,30 @@ class BatchedEpollPoller(EpollPoller):
         return count
 
     def _dispatch_other(self, n):
-        """Events without received bytes: EOFs, errors, and the rest as on
-        the plain poller (the waker, listeners, channels that read for
-        themselves, write notifications)."""
+        """Events without received bytes. An EOF or a failed receive is
+        reported here; the rest (the waker, listeners, channels that read
+        for themselves, write notifications) are the plain poller's."""
         channels = self._channels
         stale = self._stale
-        read_bits = self._read_bits
-        write_bits = self._write_bits
         fields = iter(ffi.unpack(self._other_records, 3 * n))
+        plain = []
         count = 0
         for fd, bits, result in zip(fields, fields, fields):
+            if result == _NOT_RECEIVED:
+                plain.append((fd, bits))
+                continue
             channel = channels.get(fd)
-            if channel is None:
-                if fd == self._waker_fd:
-                    self._waker.clear()
+            if channel is None or (stale and fd in stale):
                 continue
-            if stale and fd in stale:
-                continue
-            if result != _NOT_RECEIVED or (bits & read_bits and channel._reading):
-                count += 1
-                if result == _NOT_RECEIVED:
-                    self._call_guarded(channel, _read_event, channel)
-                elif result == 0 and not channel._reading:
-                    channel._hold_received(b"")  # an EOF, paused in this batch
-                elif -result not in _RETRY_ERRNOS:
-                    self._call_guarded(channel, channel._receive_ended, -result)
-                if not channel._write_armed or channels.get(fd) is not channel:
-                    continue
-            if channel._write_armed and bits & write_bits:
+            count += 1
+            if result == 0 and not channel._reading:
+                channel._hold_received(b"")  # an EOF, paused in this batch
+            elif -result not in _RETRY_ERRNOS:
+                self._call_guarded(channel, channel._receive_ended, -result)
+            if channel._write_armed and bits & self._write_bits and channels.get(fd) is channel:
                 count += 1
                 self._write_event(fd, channel)
+        # (Last: the plain dispatch ends the batch, clearing the stale set.)
+        if plain:
+            count += super()._dispatch(plain)
         return count
-
-
-def _read_event(channel):
-    """As the plain poller's dispatch: Transport's read event inline."""
-    if channel._plain_read_event and not (channel.connecting or channel.accepting):
-        channel.handle_read()
-    else:
-        channel.handle_read_event()
