@@ -1,22 +1,36 @@
 """Build glue for pike.
 
-All metadata lives in pyproject.toml. This file exists only to plug in the
-optional cffi accelerator, and to make sure that failing to build it never
+All metadata lives in pyproject.toml. This file exists only to add the
+optional C accelerator (``csrc/`` -> the extension module
+``pike._pike_accel``), and to make sure that failing to build it never
 fails the install: pike has a pure-Python implementation of the same code.
 
+On CPython 3.12 and later the module is built against the limited API of
+3.12 (the stable ABI): one ``_pike_accel.abi3.so``, and one wheel tagged
+``cp312-abi3``, serve 3.12 and every later CPython. The limited API of
+older Pythons lacks the calls the module is fast with (vectorcall, the
+buffer protocol), so there, and on debug and free-threaded builds (which
+have no stable ABI), it is an ordinary module for the interpreter at hand.
+
 Set PIKE_NO_ACCEL to a non-empty value to skip the accelerator entirely.
+``python -m pip install -e .`` builds it in place in a source checkout.
 """
 
 import os
-import runpy
+import platform
 import sys
+import sysconfig
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from setuptools.errors import CCompilerError, CompileError, ExecError, PlatformError
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ACCEL_BUILDER = "pike/_accel_build.py"
+SOURCES = ["csrc/pike_module.c", "csrc/pike_send.c", "csrc/pike_batch.c"]
+
+# The oldest CPython whose stable ABI the module is built for, where it is.
+LIMITED_API = (3, 12)
+LIMITED_API_TAG = "cp312"
+LIMITED_API_HEX = "0x030C0000"
 
 # Errors that mean "this machine cannot compile C" rather than a bug in setup.
 BUILD_ERRORS = (CCompilerError, CompileError, ExecError, PlatformError, OSError)
@@ -52,37 +66,34 @@ class OptionalBuildExt(build_ext):
             _warn("could not build extension %s (%s)" % (ext.name, exc))
 
 
-def _want_accel():
-    if os.environ.get("PIKE_NO_ACCEL"):
-        return False
-    # The builder is added to the tree separately; without it there is
-    # nothing to compile.
-    if not os.path.exists(os.path.join(HERE, ACCEL_BUILDER)):
-        return False
-    # pyproject.toml lists cffi as a build requirement, but a build without
-    # isolation (--no-build-isolation, python setup.py ...) may lack it.
-    try:
-        import cffi  # noqa: F401
-    except ImportError:
-        _warn("cffi is not installed, so the C accelerator is not built")
-        return False
-    return True
+def _use_limited_api():
+    """True where the module is built for the stable ABI (see above)."""
+    return (
+        platform.python_implementation() == "CPython"
+        and sys.version_info >= LIMITED_API
+        and not hasattr(sys, "gettotalrefcount")  # a debug build
+        and not sysconfig.get_config_var("Py_GIL_DISABLED")  # free-threaded
+    )
 
 
-def _abi3_tag():
-    """The limited-API tag the builder compiles for, or None (see there)."""
-    builder = runpy.run_path(os.path.join(HERE, ACCEL_BUILDER), run_name="pike_setup")
-    return builder["LIMITED_API_TAG"] if builder["limited_api_available"]() else None
+def _accelerator():
+    limited = _use_limited_api()
+    return Extension(
+        "pike._pike_accel",
+        sources=SOURCES,
+        depends=["csrc/pike_accel.h"],
+        include_dirs=["csrc"],
+        extra_compile_args=["-O2"],
+        py_limited_api=limited,
+        define_macros=[("Py_LIMITED_API", LIMITED_API_HEX)] if limited else [],
+    )
 
 
 kwargs = {"cmdclass": {"build_ext": OptionalBuildExt}}
-if _want_accel():
-    # cffi's setuptools hook runs the builder and adds its extension module.
-    kwargs["cffi_modules"] = [ACCEL_BUILDER + ":ffibuilder"]
-    tag = _abi3_tag()
-    if tag:
-        # The module is abi3 (the builder compiles it against the limited
-        # API), so the wheel says so: one wheel for CPython 3.9 and later.
-        kwargs["options"] = {"bdist_wheel": {"py_limited_api": tag}}
+if not os.environ.get("PIKE_NO_ACCEL"):
+    kwargs["ext_modules"] = [_accelerator()]
+    if _use_limited_api():
+        # The module is abi3, so the wheel says so.
+        kwargs["options"] = {"bdist_wheel": {"py_limited_api": LIMITED_API_TAG}}
 
 setup(**kwargs)

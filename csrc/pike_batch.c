@@ -1,102 +1,197 @@
 /*
- * The epoll poller's batched iteration: one call collects the ready events
- * and receives for every ready channel that asked the poller to receive
- * for it. It never blocks: when nothing is ready the poller waits in
- * Python's own epoll.poll, where a signal ends the wait and its Python
- * handler runs. (A blocking wait in here would widen the window in which a
- * signal that arrives just before the wait is noted but does not end it:
- * a server stopped by SIGTERM could sleep on.) See pike_accel.h for the
- * contract of pike_epoll_batch.
+ * The epoll poller's batched iteration (Linux): one call collects the
+ * events ready now and receives for every ready channel that asked the
+ * poller to receive for it.
+ *
+ * epoll_collect(epfd, receive_sizes, read_events) never waits: when
+ * nothing is ready the poller waits in Python's own epoll.poll, where a
+ * signal ends the wait and its Python handler runs. It returns None when
+ * no event is ready, else (data_records, other_records), each None when
+ * empty, else a flat list:
+ *
+ *   data_records:  fd, bytes, fd, bytes, ...  -- bytes received, per event;
+ *   other_records: fd, bits, result, ...      -- everything else: the
+ *                  receive's result is 0 at EOF, -errno when it failed,
+ *                  or NOT_RECEIVED when no receive was made. An event with
+ *                  bytes received and other bits too (a write) is in both
+ *                  lists, its read bits cleared in other_records.
+ *
+ * receive_sizes is a list indexed by fd: how many bytes to receive for
+ * that fd when it is readable (0, or an fd beyond the list: none). The
+ * reads of one call take at most RECEIVE_BUDGET bytes in all; a read that
+ * cannot get its whole size gets what is left, if that is at least
+ * MIN_RECEIVE, else no read is made for it (the channel receives itself).
  */
 #define _GNU_SOURCE
 #include "pike_accel.h"
 
+#ifdef PIKE_HAVE_EPOLL /* (the whole file) */
 #include <errno.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
-#ifdef __linux__
-#include <sys/epoll.h>
+#define MAX_EVENTS 1024
+#define RECEIVE_BUDGET (1024L * 1024L)
+#define MIN_RECEIVE 65536L
+#define NOT_RECEIVED (-1000000L)
 
-/* The least a receive into the arena asks for when the arena cannot hold
- * the channel's whole read size: a smaller read is left to the channel. */
-#define PIKE_MIN_RECEIVE 65536L
+/* Where each read lands before it is copied into its bytes object. Nothing
+ * runs Python code between a read and that copy, so one buffer serves every
+ * poller, even a collect made re-entrantly from a finalizer. */
+static char receive_buffer[RECEIVE_BUDGET];
 
-size_t pike_epoll_event_size(void)
+int pike_batch_init(PyObject *module)
 {
-    return sizeof(struct epoll_event);
+    if (PyModule_AddIntConstant(module, "NOT_RECEIVED", NOT_RECEIVED) < 0
+        || PyModule_AddIntConstant(module, "MAX_EVENTS", MAX_EVENTS) < 0
+        || PyModule_AddIntConstant(module, "RECEIVE_BUDGET", RECEIVE_BUDGET) < 0
+        || PyModule_AddIntConstant(module, "MIN_RECEIVE", MIN_RECEIVE) < 0)
+        return -1;
+    return 0;
 }
 
-long pike_epoll_batch(int epfd, void *event_space, int max_events,
-                      const long *receive_sizes, long receive_sizes_len,
-                      unsigned int read_events, char *arena, long arena_size,
-                      long *data_records, long *other_records)
+/* A new reference to None (Py_NewRef is 3.10 and later). */
+static PyObject *none(void)
 {
-    struct epoll_event *events = event_space;
-    long used = 0, n_data = 0, n_other = 0;
-    int n, i;
+    Py_INCREF(Py_None);
+    return Py_None;
+}
 
-    n = epoll_wait(epfd, events, max_events, 0); /* no timeout: never blocks */
-    if (n < 0)
-        return -(long)errno;
+static int append_long(PyObject *list, long value)
+{
+    PyObject *item = PyLong_FromLong(value);
+    int failed;
+
+    if (item == NULL)
+        return -1;
+    failed = PyList_Append(list, item);
+    Py_DECREF(item);
+    return failed;
+}
+
+/* Append the record; the list is made on the first record. */
+static int append_data(PyObject **list, int fd, PyObject *data)
+{
+    if (*list == NULL && (*list = PyList_New(0)) == NULL)
+        return -1;
+    if (append_long(*list, fd) < 0)
+        return -1;
+    return PyList_Append(*list, data);
+}
+
+static int append_other(PyObject **list, int fd, unsigned int bits, long result)
+{
+    if (*list == NULL && (*list = PyList_New(0)) == NULL)
+        return -1;
+    if (append_long(*list, fd) < 0 || append_long(*list, (long)bits) < 0)
+        return -1;
+    return append_long(*list, result);
+}
+
+/* How many bytes to receive for fd (0: none), or -1 with an exception. */
+static long receive_size(PyObject *receive_sizes, Py_ssize_t known, int fd)
+{
+    long size;
+
+    if (fd < 0 || fd >= known)
+        return 0;
+    size = PyLong_AsLong(PyList_GetItem(receive_sizes, fd));
+    if (size == -1 && PyErr_Occurred())
+        return -1;
+    return size > 0 ? size : 0;
+}
+
+PyObject *pike_epoll_collect(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    struct epoll_event events[MAX_EVENTS]; /* on the stack: re-entrant */
+    PyObject *receive_sizes, *data_records = NULL, *other_records = NULL, *result;
+    Py_ssize_t known;
+    unsigned long read_events;
+    long budget = RECEIVE_BUDGET;
+    int epfd, n, i;
+
+    (void)module;
+    if (nargs != 3) {
+        PyErr_Format(PyExc_TypeError,
+                     "epoll_collect() takes 3 arguments (epfd, receive_sizes, "
+                     "read_events), got %zd", nargs);
+        return NULL;
+    }
+    epfd = (int)PyLong_AsLong(args[0]);
+    if (epfd == -1 && PyErr_Occurred())
+        return NULL;
+    receive_sizes = args[1];
+    if (!PyList_Check(receive_sizes)) {
+        PyErr_SetString(PyExc_TypeError, "receive_sizes must be a list");
+        return NULL;
+    }
+    known = PyList_Size(receive_sizes);
+    read_events = PyLong_AsUnsignedLong(args[2]);
+    if (read_events == (unsigned long)-1 && PyErr_Occurred())
+        return NULL;
+
+    n = epoll_wait(epfd, events, MAX_EVENTS, 0); /* no timeout: never blocks */
+    if (n < 0) {
+        if (errno == EINTR) /* as epoll.poll: run the handlers, report nothing */
+            return PyErr_CheckSignals() < 0 ? NULL : none();
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (n == 0)
+        Py_RETURN_NONE;
 
     for (i = 0; i < n; i++) {
         int fd = events[i].data.fd;
         unsigned int bits = events[i].events;
-        long result = PIKE_NOT_RECEIVED;
+        long outcome = NOT_RECEIVED, asked = 0, want;
 
-        long want = (bits & read_events) && fd >= 0 && fd < receive_sizes_len
-                    ? receive_sizes[fd] : 0;
-
-        /* Up to what the arena has left; once less than PIKE_MIN_RECEIVE
-         * is left (or asked for), the channel receives for itself. */
-        if (want > arena_size - used)
-            want = arena_size - used;
-        if (want >= PIKE_MIN_RECEIVE || (want > 0 && want == receive_sizes[fd])) {
+        if (bits & read_events) {
+            asked = receive_size(receive_sizes, known, fd);
+            if (asked < 0)
+                goto fail;
+        }
+        want = asked < budget ? asked : budget;
+        if (want >= MIN_RECEIVE || (want > 0 && want == asked)) {
             ssize_t got;
 
             do {
-                got = recv(fd, arena + used, (size_t)want, MSG_DONTWAIT);
+                got = recv(fd, receive_buffer, (size_t)want, MSG_DONTWAIT);
             } while (got < 0 && errno == EINTR);
-            result = got < 0 ? -(long)errno : (long)got;
+            outcome = got < 0 ? -(long)errno : (long)got;
         }
-        if (result > 0) {
-            long *record = data_records + 2 * n_data++;
+        if (outcome > 0) {
+            /* (Should this copy fail for want of memory, the bytes just
+             * read are lost with the exception: the process is out of
+             * memory, which no caller recovers from.) */
+            PyObject *data = PyBytes_FromStringAndSize(receive_buffer, outcome);
+            int failed;
 
-            used += result;
-            record[0] = fd;
-            record[1] = used;
-            bits &= ~read_events; /* the read is done: what else happened? */
+            if (data == NULL)
+                goto fail;
+            budget -= outcome;
+            failed = append_data(&data_records, fd, data);
+            Py_DECREF(data);
+            if (failed)
+                goto fail;
+            bits &= ~(unsigned int)read_events; /* what else happened? */
             if (bits == 0)
                 continue;
+            outcome = NOT_RECEIVED;
         }
-        {
-            long *record = other_records + 3 * n_other++;
-
-            record[0] = fd;
-            record[1] = (long)bits;
-            record[2] = result > 0 ? PIKE_NOT_RECEIVED : result;
-        }
+        if (append_other(&other_records, fd, bits, outcome) < 0)
+            goto fail;
     }
-    return (n_data << 16) | n_other;
+    result = PyTuple_New(2);
+    if (result == NULL)
+        goto fail;
+    PyTuple_SetItem(result, 0, data_records ? data_records : none());
+    PyTuple_SetItem(result, 1, other_records ? other_records : none());
+    return result;
+
+fail:
+    Py_XDECREF(data_records);
+    Py_XDECREF(other_records);
+    return NULL;
 }
 
-#else /* no epoll: the poller never calls these */
-
-size_t pike_epoll_event_size(void)
-{
-    return 0;
-}
-
-long pike_epoll_batch(int epfd, void *event_space, int max_events,
-                      const long *receive_sizes, long receive_sizes_len,
-                      unsigned int read_events, char *arena, long arena_size,
-                      long *data_records, long *other_records)
-{
-    (void)epfd; (void)event_space; (void)max_events;
-    (void)receive_sizes; (void)receive_sizes_len; (void)read_events;
-    (void)arena; (void)arena_size; (void)data_records; (void)other_records;
-    return -ENOSYS;
-}
-
-#endif
+#endif /* PIKE_HAVE_EPOLL */

@@ -13,7 +13,7 @@ __version__: str = "0.1.0"
 from . import _impl  # noqa: E402
 from . import errors  # noqa: E402,F401  (part of the public API)
 
-#: Which implementation of the hot path is in force, ``"c"`` (the cffi
+#: Which implementation of the hot path is in force, ``"c"`` (the C
 #: accelerator) or ``"python"``. ``PIKE_IMPL`` chooses it at import (see
 #: :doc:`accelerator`); ``python -m pike info`` prints it, and why C is not
 #: in use when it is not.

@@ -15,7 +15,8 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # hints only: no typing cost at import
-    from typing import Any, List, Optional, Tuple
+    from types import ModuleType
+    from typing import List, Optional
 
 _CHOICES = ("auto", "c", "python")
 
@@ -25,22 +26,23 @@ _CHOICES = ("auto", "c", "python")
 _LOAD_ERROR: Optional[ImportError] = None
 
 
-def _load_accelerator(requested: str) -> Optional[Tuple[Any, Any]]:
-    """Return the accelerator's ``(ffi, lib)``, or None on the pure path."""
+def _load_accelerator(requested: str) -> Optional[ModuleType]:
+    """Return the accelerator module, or None on the pure path."""
     global _LOAD_ERROR
     if requested == "python":
         return None
     try:
-        from ._pike_accel import ffi, lib  # built by setup.py through cffi
+        from . import _pike_accel  # built by setup.py from csrc/
     except ImportError as exc:
         _LOAD_ERROR = exc
         if requested == "c":
             raise ImportError(
                 "PIKE_IMPL=c but the C accelerator (pike._pike_accel) is not "
-                "built; reinstall pike with a C compiler and cffi available"
+                "built; reinstall pike with a C compiler and the Python headers "
+                "available"
             ) from exc
         return None
-    return ffi, lib
+    return _pike_accel
 
 
 def _requested() -> str:
@@ -54,8 +56,8 @@ def _requested() -> str:
 
 #: The ``PIKE_IMPL`` value read at import: "auto", "c" or "python".
 REQUESTED: str = _requested()
-#: The accelerator's ``(ffi, lib)``, or None on the pure path.
-ACCEL: Optional[Tuple[Any, Any]] = _load_accelerator(REQUESTED)
+#: The accelerator module (``pike._pike_accel``), or None on the pure path.
+ACCEL: Optional[ModuleType] = _load_accelerator(REQUESTED)
 #: "c" or "python": the implementation in force.
 IMPLEMENTATION: str = "python" if ACCEL is None else "c"
 
@@ -86,7 +88,7 @@ def accelerator_problem() -> Optional[str]:
     detail = f" (import error: {_LOAD_ERROR})" if _LOAD_ERROR is not None else ""
     return (
         "the C accelerator (pike._pike_accel) is not built" + detail + ". It "
-        "needs a C compiler, the Python headers and cffi when pike is "
+        "needs a C compiler and the Python headers when pike is "
         "installed; with those in place, reinstall pike the way it was "
         "installed, adding -v and --force-reinstall (in a source checkout: "
         "'python -m pip install -v -e .'): pip shows the compiler's output, "

@@ -72,18 +72,15 @@ _SOCK_STREAM = socket.SOCK_STREAM
 _SOMAXCONN = socket.SOMAXCONN
 _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
-# The primitive beneath send(): ``socket.send``'s contract, except that it
-# may return 0 instead of raising BlockingIOError. It is where the two
-# implementations differ beneath Transport's logic (with the epoll poller's
-# batched wait, pike.poller.epoll_batch): the C accelerator installs its own
-# (pike._c_path), which reports a would-block without building an exception
-# and keeps the GIL. The pure one is the socket method itself, called
-# unbound: no Python frame of its own.
+# The primitives beneath send() and write(): where the two implementations
+# differ beneath Transport's logic (with the epoll poller's batched wait,
+# pike.poller.epoll_batch). The pure ones are the socket method itself,
+# called unbound: no Python frame of its own (and a socket subclass's send()
+# override is not used, as the C send, which sends on the fd, never does).
+# The C accelerator installs its own (pike._c_path): _socket_send keeps
+# socket.send's contract; _send_now may also return 0 instead of raising
+# BlockingIOError.
 _send_now = socket.socket.send
-# write() calls the socket's own send on both implementations: beneath the
-# shared write() the C send cost more than it saved (docs/accelerator.rst).
-# (Called unbound, so a socket subclass's send() override is not used --
-# as the C send, which sends on the fd, never did.)
 _socket_send = socket.socket.send
 
 # A receive that found nothing after all (a spurious wake-up).

@@ -94,3 +94,30 @@ def data_file(tmp_path):
     path.write_bytes(payload)
     with open(path, "rb") as f:
         yield f, payload
+
+
+@pytest.fixture
+def wait_counts(monkeypatch):
+    """``spy(poller)`` makes each of the poller's kernel waits append how
+    many events it returned to a list, and returns that list (the tests
+    that a poller is not woken for nothing)."""
+
+    def spy(poller):
+        counts = []
+        real_wait = poller._wait
+        batched = type(poller).__name__ == "BatchedEpollPoller"
+
+        def counting_wait(timeout):
+            events = real_wait(timeout)
+            if batched:  # None, or the C collect's (received, others) records
+                received, others = events or (None, None)
+                counts.append(len(received or ()) // 2 + len(others or ()) // 3)
+            else:
+                events = list(events)
+                counts.append(len(events))
+            return events
+
+        monkeypatch.setattr(poller, "_wait", counting_wait)
+        return counts
+
+    return spy

@@ -663,25 +663,13 @@ def test_closing_a_channel_unregisters_it_once(poller, pair, monkeypatch):
     assert len(poller) == 0 and fd not in poller._registered
 
 
-def test_hung_up_socket_with_reading_paused_does_not_spin(poller, pair, monkeypatch):
+def test_hung_up_socket_with_reading_paused_does_not_spin(poller, pair, wait_counts):
     a, b = pair
     t = Recorder(poller, a)
     poller.poll(0)
     t.pause_reading()
     b.close()  # hang-up: epoll/poll report it even for an empty mask
-    waits = []
-    real_wait = poller._wait
-
-    def counting_wait(timeout):
-        events = real_wait(timeout)
-        if isinstance(events, int):
-            waits.append(events)  # the C epoll poller's batch: a record count
-        else:
-            events = list(events)
-            waits.append(len(events))
-        return events
-
-    monkeypatch.setattr(poller, "_wait", counting_wait)
+    waits = wait_counts(poller)
     assert poller.poll(0.2) == 0
     assert waits == [0], "the kernel woke us for a channel that wants nothing"
     waits.clear()

@@ -162,7 +162,7 @@ def test_loop_in_a_thread_stopped_from_the_main_thread(poller, rescue):
 
 
 @pytest.mark.timeout(30)
-def test_a_burst_of_wakeups_leaves_no_spin(poller, rescue, monkeypatch):
+def test_a_burst_of_wakeups_leaves_no_spin(poller, rescue, wait_counts):
     n_threads, n_calls = 8, 300
     total = n_threads * n_calls
     done = []
@@ -186,19 +186,7 @@ def test_a_burst_of_wakeups_leaves_no_spin(poller, rescue, monkeypatch):
     assert len(done) == total
     # One more iteration may still see the last wake-up byte; then it is quiet.
     poller.poll(0)
-    waits = []
-    real_wait = poller._wait
-
-    def spying_wait(timeout):
-        events = real_wait(timeout)
-        if isinstance(events, int):
-            waits.append(events)  # the C epoll poller's batch: a record count
-        else:
-            events = list(events)
-            waits.append(len(events))
-        return events
-
-    monkeypatch.setattr(poller, "_wait", spying_wait)
+    waits = wait_counts(poller)
     assert poller.poll(0.2) == 0
     assert waits == [0], "the poller was woken with nothing to do"
     iterations = poller.loop(timeout=0.3)

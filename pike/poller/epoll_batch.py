@@ -2,15 +2,14 @@
 
 :class:`EpollPoller` asks the kernel for events and then, per ready channel,
 goes through Python to receive (``socket.recv``). Here one call into C
-(``pike_epoll_batch``, in ``csrc/pike_batch.c``) collects the ready events and receives for
-every ready channel whose ``_receive_size`` is above 0 (Transports that
-deliver through ``handle_data``), into one reusable arena; the dispatch
-below then only slices each channel's bytes out of the arena and calls it
-back. Channels that read for themselves are dispatched as by the plain
-poller.
+(``epoll_collect``, in ``csrc/pike_batch.c``) collects the ready events and
+receives for every ready channel whose ``_receive_size`` is above 0
+(Transports that deliver through ``handle_data``), each read into a bytes
+object; the dispatch below hands each channel its bytes. Channels that
+read for themselves are dispatched as by the plain poller.
 
 What the C side needs to know -- which fds to receive for, and how much --
-is a table indexed by fd, brought up to date with the kernel interest just
+is a list indexed by fd, brought up to date with the kernel interest just
 before each wait (the channels marked dirty); a channel dropped mid-batch is
 in the stale set, as on the plain poller. The receive happens before any
 callback runs, so a callback that pauses another channel of the same batch
@@ -24,18 +23,15 @@ Made by :class:`EpollPoller` itself while the C implementation is in force
 from __future__ import annotations
 
 import errno
-import os
 
-from .._pike_accel import ffi, lib
+from .._pike_accel import NOT_RECEIVED, epoll_collect
 from .epoll_backend import EpollPoller
 
-# Events taken per wait: what is left is reported by the next one.
-_MAX_EVENTS = 1024
-# Received bytes per iteration, at most. A channel's read takes what is left
-# when that is less than its read size but at least 64 KiB; below that it
-# is dispatched as on the plain poller (it receives itself).
-_ARENA_SIZE = 1024 * 1024
-_NOT_RECEIVED = lib.PIKE_NOT_RECEIVED
+# (At most MAX_EVENTS events per collect: what is left is reported by the
+# next one. Its reads take at most RECEIVE_BUDGET bytes in all; a channel's
+# read takes what is left when that is less than its read size but at
+# least MIN_RECEIVE; below that it is dispatched as on the plain poller and
+# receives itself. See csrc/pike_batch.c.)
 _RETRY_ERRNOS = (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR)
 
 
@@ -45,27 +41,18 @@ class BatchedEpollPoller(EpollPoller):
     def __init__(self) -> None:
         super().__init__()
         self._epfd = self._epoll.fileno()
-        self._event_space = ffi.new("char[]", lib.pike_epoll_event_size() * _MAX_EVENTS)
-        self._data_records = ffi.new("long[]", 2 * _MAX_EVENTS)
-        self._other_records = ffi.new("long[]", 3 * _MAX_EVENTS)
-        self._arena = ffi.new("char[]", _ARENA_SIZE)
-        self._arena_bytes = ffi.buffer(self._arena)
-        self._receive_sizes = ffi.new("long[]", 256)  # fd -> bytes to receive
-        self._receive_sizes_len = 256
+        self._receive_sizes = [0] * 256  # fd -> bytes to receive for it
         self._read_mask = self._READ_EVENTS
 
     # -- the fd table the C side reads ------------------------------------
 
     def _set_receive_size(self, fd: int, size: int) -> None:
-        if fd >= self._receive_sizes_len:
+        sizes = self._receive_sizes
+        if fd >= len(sizes):
             if not size:
                 return
-            length = max(fd + 1, 2 * self._receive_sizes_len)
-            grown = ffi.new("long[]", length)
-            ffi.memmove(grown, self._receive_sizes, ffi.sizeof("long") * self._receive_sizes_len)
-            self._receive_sizes = grown
-            self._receive_sizes_len = length
-        self._receive_sizes[fd] = size
+            sizes.extend([0] * (max(fd + 1, 2 * len(sizes)) - len(sizes)))
+        sizes[fd] = size
 
     def _apply_interest(self) -> None:
         for fd, channel in self._dirty.items():
@@ -85,7 +72,7 @@ class BatchedEpollPoller(EpollPoller):
     # -- one iteration ----------------------------------------------------
 
     def _wait(self, timeout):
-        """Collect and receive; returns the C call's record counts (packed).
+        """Collect and receive; returns the C call's records (or None).
 
         The C call never blocks. When it finds nothing and the caller may
         wait, the wait is Python's own ``epoll.poll`` (for one event), which
@@ -93,37 +80,23 @@ class BatchedEpollPoller(EpollPoller):
         Python handler; then the C call collects what is ready (epoll is
         level-triggered: what ended the wait is still there).
         """
-        counts = self._collect()
-        if not counts and timeout != 0 and self._epoll.poll(timeout, 1):
-            counts = self._collect()
-        return counts
+        records = epoll_collect(self._epfd, self._receive_sizes, self._read_mask)
+        if records is None and timeout != 0 and self._epoll.poll(timeout, 1):
+            records = epoll_collect(self._epfd, self._receive_sizes, self._read_mask)
+        return records
 
-    def _collect(self):
-        counts = lib.pike_epoll_batch(
-            self._epfd, self._event_space, _MAX_EVENTS,
-            self._receive_sizes, self._receive_sizes_len, self._read_mask,
-            self._arena, _ARENA_SIZE, self._data_records, self._other_records,
-        )
-        if counts < 0:
-            raise OSError(-counts, os.strerror(-counts))
-        return counts
-
-    def _dispatch(self, counts):
+    def _dispatch(self, records):
         channels = self._channels
         stale = self._stale
         count = 0
         self._dispatching = True
         try:
-            n_data = counts >> 16
-            if n_data:
+            received, others = records
+            if received:
                 # The common case, on a path of its own: bytes received.
-                arena = self._arena_bytes
-                fields = iter(ffi.unpack(self._data_records, 2 * n_data))
-                start = 0
-                count = n_data  # (less the skipped: counting each costs more)
-                for fd, end in zip(fields, fields):
-                    data = arena[start:end]
-                    start = end
+                fields = iter(received)
+                count = len(received) >> 1  # (less the skipped: counting each costs more)
+                for fd, data in zip(fields, fields):
                     try:
                         channel = channels[fd]
                     except KeyError:  # (the poller was closed by a callback)
@@ -141,26 +114,25 @@ class BatchedEpollPoller(EpollPoller):
                         raise
                     except BaseException:
                         self._callback_failed(channel)
-            n_other = counts & 0xFFFF
-            if n_other:
-                count += self._dispatch_other(n_other)
+            if others:
+                count += self._dispatch_other(others)
         finally:
             self._dispatching = False
             if stale:
                 stale.clear()
         return count
 
-    def _dispatch_other(self, n):
+    def _dispatch_other(self, records):
         """Events without received bytes. An EOF or a failed receive is
         reported here; the rest (the waker, listeners, channels that read
         for themselves, write notifications) are the plain poller's."""
         channels = self._channels
         stale = self._stale
-        fields = iter(ffi.unpack(self._other_records, 3 * n))
+        fields = iter(records)
         plain = []
         count = 0
         for fd, bits, result in zip(fields, fields, fields):
-            if result == _NOT_RECEIVED:
+            if result == NOT_RECEIVED:
                 plain.append((fd, bits))
                 continue
             channel = channels.get(fd)

@@ -1,10 +1,11 @@
 """Transport's raw I/O calls, pure Python against C.
 
 Each runs under both implementations. Beneath ``send`` the C path has its
-own primitive (``pike/_c_path.py``: no exception when it would block);
-``write`` and ``recv`` use the socket's own methods on both (a cffi
-``recv`` was tried: making a bytes object from C memory through cffi cost
-more than the whole of ``socket.recv``), which the ``[c]`` rows confirm.
+own primitive (``pike/_c_path.py``: no exception when it would block),
+and so has ``write`` (a send that keeps the GIL); ``recv`` uses the
+socket's own method on both (a C ``recv`` was tried: making a bytes object
+from a reusable buffer cost more than the whole of ``socket.recv``), which
+the ``[c]`` rows confirm.
 
 Single calls take about a microsecond, so the timed-per-call benchmarks
 that need an untimed set-up between calls (data to read, room to write)

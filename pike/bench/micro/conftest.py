@@ -43,16 +43,6 @@ def implementation(request):
     _impl.select_implementation(previous)
 
 
-@pytest.fixture
-def accel():
-    """The accelerator's ``(ffi, lib)``; skips when it is not built."""
-    try:
-        from pike._pike_accel import ffi, lib
-    except ImportError:
-        pytest.skip("the C accelerator is not built")
-    return ffi, lib
-
-
 @pytest.fixture(params=pike.available_pollers())
 def poller(request):
     """A fresh poller of each kind; its channels are closed afterwards."""
