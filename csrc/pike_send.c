@@ -64,6 +64,7 @@ static PyObject *send_common(PyObject *const *args, Py_ssize_t nargs,
 {
     PyObject *result = NULL;
     Py_buffer view;
+    Py_ssize_t length;
     ssize_t sent;
     int fd;
 
@@ -75,7 +76,16 @@ static PyObject *send_common(PyObject *const *args, Py_ssize_t nargs,
     fd = current_fd(args[0]);
     if (fd == -2)
         return NULL;
-    if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
+    if (PyBytes_CheckExact(args[1])) {
+        /* The common case, without the buffer protocol's bookkeeping. */
+        char *start;
+
+        if (PyBytes_AsStringAndSize(args[1], &start, &length) < 0)
+            return NULL;
+        view.obj = NULL;
+        view.buf = start;
+        view.len = length;
+    } else if (PyObject_GetBuffer(args[1], &view, PyBUF_SIMPLE) < 0)
         return NULL;
     for (;;) {
         sent = send(fd, view.buf, (size_t)view.len, MSG_NOSIGNAL | MSG_DONTWAIT);
@@ -91,7 +101,8 @@ static PyObject *send_common(PyObject *const *args, Py_ssize_t nargs,
     else
         PyErr_SetFromErrno(PyExc_OSError);
 done:
-    PyBuffer_Release(&view);
+    if (view.obj != NULL)
+        PyBuffer_Release(&view);
     return result;
 }
 

@@ -15,4 +15,6 @@ MIN_RECEIVE: int
 
 def epoll_collect(
     epfd: int, receive_sizes: List[int], read_events: int
-) -> Optional[Tuple[Optional[List[Union[int, bytes]]], Optional[List[int]]]]: ...
+) -> Optional[
+    Tuple[Optional[List[Tuple[int, bytes]]], Optional[List[Tuple[int, int, int]]]]
+]: ...

@@ -212,9 +212,9 @@ def _pairs(n):
     return pairs
 
 
-def _records(flat, width):
-    it = iter(flat or ())
-    return list(zip(*[it] * width))
+def _records(records):
+    """The records of one kind as a list ([] for None)."""
+    return list(records or ())
 
 
 @requires_collect
@@ -236,15 +236,40 @@ def test_collect_receives_for_fds_with_a_size_and_reports_the_rest(epoll):
         w1.send(b"hello")
         w2.send(b"not received")        # size 0: the channel reads itself
         data, other = accel.epoll_collect(epoll.fileno(), sizes, select.EPOLLIN)
-        got = dict(_records(data, 2))
+        got = dict(_records(data))
         assert got == {r0.fileno(): b"abcd", r1.fileno(): b"hello"}
-        assert _records(other, 3) == [(r2.fileno(), select.EPOLLIN, accel.NOT_RECEIVED)]
+        assert _records(other) == [(r2.fileno(), select.EPOLLIN, accel.NOT_RECEIVED)]
         assert r2.recv(100) == b"not received"
         w1.close()  # EOF
         data, other = accel.epoll_collect(epoll.fileno(), sizes, select.EPOLLIN)
-        assert dict(_records(data, 2)) == {r0.fileno(): b"efgh"}
-        eof = [record for record in _records(other, 3) if record[0] == r1.fileno()]
+        assert dict(_records(data)) == {r0.fileno(): b"efgh"}
+        eof = [record for record in _records(other) if record[0] == r1.fileno()]
         assert len(eof) == 1 and eof[0][2] == 0  # result 0: EOF
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+@requires_collect
+def test_collect_reports_a_readable_and_writable_fd_in_both_lists(epoll):
+    # The bytes go to data_records; the write bit, without the read bits,
+    # to other_records, marked NOT_RECEIVED so the dispatch treats it as
+    # a plain event. Many such fds at once: the lists are cut to size.
+    pairs = _pairs(5)
+    try:
+        sizes = [0] * 1024
+        for r, w in pairs:
+            epoll.register(r.fileno(), select.EPOLLIN | select.EPOLLOUT)
+            sizes[r.fileno()] = 100
+            w.send(b"ping %d" % r.fileno())
+        data, other = accel.epoll_collect(
+            epoll.fileno(), sizes, select.EPOLLIN | select.EPOLLPRI | select.EPOLLHUP
+        )
+        assert dict(_records(data)) == {r.fileno(): b"ping %d" % r.fileno() for r, _ in pairs}
+        assert sorted(_records(other)) == sorted(
+            (r.fileno(), select.EPOLLOUT, accel.NOT_RECEIVED) for r, _ in pairs
+        )
     finally:
         for a, b in pairs:
             a.close()
@@ -275,7 +300,7 @@ def test_collect_reports_a_failed_receive_as_minus_errno(epoll):
                 break
         data, other = records
         assert data is None
-        assert [(fd, result) for fd, _, result in _records(other, 3)] == [
+        assert [(fd, result) for fd, _, result in _records(other)] == [
             (client.fileno(), -errno.ECONNRESET)
         ]
     finally:
@@ -309,11 +334,11 @@ def test_collect_reads_take_at_most_the_budget_under_a_flood(epoll):
         while any(len(received[fd]) < len(payload[fd]) for fd in payload):
             assert time.monotonic() < deadline
             data, other = accel.epoll_collect(epoll.fileno(), sizes, select.EPOLLIN)
-            reads = _records(data, 2)
+            reads = _records(data)
             assert sum(len(chunk) for _, chunk in reads) <= accel.RECEIVE_BUDGET
             for fd, chunk in reads:
                 received[fd] += chunk
-            for fd, bits, result in _records(other, 3):
+            for fd, bits, result in _records(other):
                 assert result == accel.NOT_RECEIVED  # over budget: not read
         assert received == payload
     finally:

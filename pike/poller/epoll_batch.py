@@ -94,9 +94,8 @@ class BatchedEpollPoller(EpollPoller):
             received, others = records
             if received:
                 # The common case, on a path of its own: bytes received.
-                fields = iter(received)
-                count = len(received) >> 1  # (less the skipped: counting each costs more)
-                for fd, data in zip(fields, fields):
+                count = len(received)  # (less the skipped: counting each costs more)
+                for fd, data in received:
                     try:
                         channel = channels[fd]
                     except KeyError:  # (the poller was closed by a callback)
@@ -128,10 +127,9 @@ class BatchedEpollPoller(EpollPoller):
         for themselves, write notifications) are the plain poller's."""
         channels = self._channels
         stale = self._stale
-        fields = iter(records)
         plain = []
         count = 0
-        for fd, bits, result in zip(fields, fields, fields):
+        for fd, bits, result in records:
             if result == NOT_RECEIVED:
                 plain.append((fd, bits))
                 continue
