@@ -86,24 +86,20 @@ static int put(records *r, PyObject *item)
     return 0;
 }
 
-/* (fd, data); steals data (which may be NULL: then NULL). */
-static PyObject *record2(int fd, PyObject *data)
+/* The tuple (first, second); steals both, either of which may be NULL
+ * (a failed call: then NULL, with the exception set). */
+static PyObject *pair(PyObject *first, PyObject *second)
 {
-    PyObject *record, *number;
+    PyObject *tuple = NULL;
 
-    if (data == NULL)
-        return NULL;
-    record = PyTuple_New(2);
-    number = PyLong_FromLong(fd);
-    if (record == NULL || number == NULL) {
-        Py_XDECREF(record);
-        Py_XDECREF(number);
-        Py_DECREF(data);
-        return NULL;
+    if (first != NULL && second != NULL && (tuple = PyTuple_New(2)) != NULL) {
+        PyTuple_SetItem(tuple, 0, first);
+        PyTuple_SetItem(tuple, 1, second);
+        return tuple;
     }
-    PyTuple_SetItem(record, 0, number);
-    PyTuple_SetItem(record, 1, data);
-    return record;
+    Py_XDECREF(first);
+    Py_XDECREF(second);
+    return NULL;
 }
 
 /* (fd, bits, result). */
@@ -141,7 +137,7 @@ static long receive_size(PyObject *receive_sizes, Py_ssize_t known, int fd)
 PyObject *pike_epoll_collect(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     struct epoll_event events[MAX_EVENTS]; /* on the stack: re-entrant */
-    PyObject *receive_sizes, *received, *others, *result;
+    PyObject *receive_sizes, *received, *others;
     records data_records = {NULL, 0}, other_records = {NULL, 0};
     Py_ssize_t known;
     unsigned long read_events;
@@ -201,7 +197,8 @@ PyObject *pike_epoll_collect(PyObject *module, PyObject *const *args, Py_ssize_t
              * read are lost with the exception: the process is out of
              * memory, which no caller recovers from.) */
             if (start_records(&data_records, n - i) < 0
-                || put(&data_records, record2(fd, PyBytes_FromStringAndSize(receive_buffer, outcome))) < 0)
+                || put(&data_records, pair(PyLong_FromLong(fd),
+                                       PyBytes_FromStringAndSize(receive_buffer, outcome))) < 0)
                 goto fail;
             budget -= outcome;
             bits &= ~(unsigned int)read_events; /* what else happened? */
@@ -221,15 +218,7 @@ PyObject *pike_epoll_collect(PyObject *module, PyObject *const *args, Py_ssize_t
         Py_DECREF(received);
         return NULL;
     }
-    result = PyTuple_New(2);
-    if (result == NULL) {
-        Py_DECREF(received);
-        Py_DECREF(others);
-        return NULL;
-    }
-    PyTuple_SetItem(result, 0, received);
-    PyTuple_SetItem(result, 1, others);
-    return result;
+    return pair(received, others);
 
 fail:
     Py_XDECREF(data_records.list);
