@@ -36,14 +36,32 @@
 #include <sys/types.h>
 
 #define MAX_EVENTS 1024
-#define RECEIVE_BUDGET (1024L * 1024L)
-#define MIN_RECEIVE 65536L
+/* Every bytes object a collect makes is alive at once, until the dispatch
+ * has handed it on. With 1 MiB a call, ten streaming connections made
+ * glibc grow the heap and trim it again on every iteration (a brk call
+ * per two reads, and fresh pages to fault in): 128 KiB stays below its
+ * trim threshold. Channels beyond the budget receive for themselves, one
+ * at a time, in the dispatch. */
+#define RECEIVE_BUDGET (128L * 1024L)
+#define MIN_RECEIVE (16L * 1024L)
 #define NOT_RECEIVED (-1000000L)
 
-/* Where each read lands before it is copied into its bytes object. Nothing
- * runs Python code between a read and that copy, so one buffer serves every
- * poller, even a collect made re-entrantly from a finalizer. */
+/* Where a short read lands before it is copied into its bytes object.
+ * Nothing runs Python code between a read and that copy, so one buffer
+ * serves every poller, even a collect made re-entrantly from a finalizer. */
 static char receive_buffer[RECEIVE_BUDGET];
+
+/* A read that returned at least LARGE_READ bytes marks its fd as a
+ * streaming one: the fd's next read goes straight into a bytes object of
+ * the full size, which a stream fills with no copy at all (copying 64 KiB
+ * out of receive_buffer cost ~2 us, as much as the recv). A read that
+ * comes back short of LARGE_READ clears the mark: for small messages the
+ * shared buffer and a copy are cheaper than allocating the full size.
+ * Indexed by fd, below STREAM_MARKS (fds above it always take the copy);
+ * a mark left by a closed fd costs its successor one allocation. */
+#define LARGE_READ (32L * 1024L)
+#define STREAM_MARKS 65536
+static unsigned char streaming[STREAM_MARKS];
 
 int pike_batch_init(PyObject *module)
 {
@@ -134,6 +152,51 @@ static long receive_size(PyObject *receive_sizes, Py_ssize_t known, int fd)
     return size > 0 ? size : 0;
 }
 
+#define NO_MEMORY (NOT_RECEIVED - 1)
+
+/* One read of at most want bytes from fd: the count received, with *data
+ * a new bytes object holding them; 0 at EOF; -errno when it failed; or
+ * NO_MEMORY with an exception set, when the bytes object could not be made
+ * (the process is out of memory: bytes already read are lost with it). */
+static long receive(int fd, long want, PyObject **data)
+{
+    int marked = fd < STREAM_MARKS && streaming[fd];
+    PyObject *whole = NULL;
+    char *into = receive_buffer;
+    ssize_t got;
+
+    if (marked && want >= LARGE_READ) {
+        whole = PyBytes_FromStringAndSize(NULL, want);
+        if (whole == NULL)
+            return NO_MEMORY;
+        into = PyBytes_AsString(whole);
+    }
+    do {
+        got = recv(fd, into, (size_t)want, MSG_DONTWAIT);
+    } while (got < 0 && errno == EINTR);
+    if (got < 0) {
+        int failed = errno;
+
+        Py_XDECREF(whole);
+        return -(long)failed;
+    }
+    if (fd < STREAM_MARKS)
+        streaming[fd] = got >= LARGE_READ;
+    if (got == 0) {
+        Py_XDECREF(whole);
+        return 0;
+    }
+    if (whole != NULL && got == want) {
+        *data = whole; /* the stream's case: no copy */
+        return (long)got;
+    }
+    /* Short: copy what came into a bytes object of its size (the limited
+     * API has no way to shrink one). */
+    *data = PyBytes_FromStringAndSize(into, got);
+    Py_XDECREF(whole);
+    return *data == NULL ? NO_MEMORY : (long)got;
+}
+
 PyObject *pike_epoll_collect(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     struct epoll_event events[MAX_EVENTS]; /* on the stack: re-entrant */
@@ -177,6 +240,7 @@ PyObject *pike_epoll_collect(PyObject *module, PyObject *const *args, Py_ssize_t
         int fd = events[i].data.fd;
         unsigned int bits = events[i].events;
         long outcome = NOT_RECEIVED, asked = 0, want;
+        PyObject *data = NULL;
 
         if (bits & read_events) {
             asked = receive_size(receive_sizes, known, fd);
@@ -185,20 +249,13 @@ PyObject *pike_epoll_collect(PyObject *module, PyObject *const *args, Py_ssize_t
         }
         want = asked < budget ? asked : budget;
         if (want >= MIN_RECEIVE || (want > 0 && want == asked)) {
-            ssize_t got;
-
-            do {
-                got = recv(fd, receive_buffer, (size_t)want, MSG_DONTWAIT);
-            } while (got < 0 && errno == EINTR);
-            outcome = got < 0 ? -(long)errno : (long)got;
+            outcome = receive(fd, want, &data);
+            if (outcome == NO_MEMORY)
+                goto fail;
         }
         if (outcome > 0) {
-            /* (Should this copy fail for want of memory, the bytes just
-             * read are lost with the exception: the process is out of
-             * memory, which no caller recovers from.) */
             if (start_records(&data_records, n - i) < 0
-                || put(&data_records, pair(PyLong_FromLong(fd),
-                                       PyBytes_FromStringAndSize(receive_buffer, outcome))) < 0)
+                || put(&data_records, pair(PyLong_FromLong(fd), data)) < 0)
                 goto fail;
             budget -= outcome;
             bits &= ~(unsigned int)read_events; /* what else happened? */

@@ -348,6 +348,47 @@ def test_collect_reads_take_at_most_the_budget_under_a_flood(epoll):
 
 
 @requires_collect
+def test_collect_reads_of_every_size_in_turn_lose_nothing(epoll):
+    # A large read marks its fd as streaming, and the next read goes straight
+    # into a bytes object of the full read size; a short one is copied out
+    # of it and a small one clears the mark. Every path, in turn, on one
+    # fd, then EOF on a marked fd: each chunk arrives whole, in order.
+    r, w = socket.socketpair()
+    try:
+        for s in (r, w):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        r.setblocking(False)
+        epoll.register(r.fileno(), select.EPOLLIN)
+        size = 65536
+        sizes = [0] * (r.fileno() + 1)
+        sizes[r.fileno()] = size
+        chunk_sizes = [size, size, 40000, 100, size, 1, size, size, 33000]
+        for i, n in enumerate(chunk_sizes):
+            chunk = bytes((i * 7 + k) % 251 for k in range(n))
+            w.sendall(chunk)
+            got = b""
+            deadline = time.monotonic() + 10
+            while len(got) < n:
+                assert time.monotonic() < deadline
+                records = accel.epoll_collect(epoll.fileno(), sizes, select.EPOLLIN)
+                if records is None:
+                    continue
+                data, other = records
+                assert other is None
+                [(fd, piece)] = data
+                assert fd == r.fileno() and type(piece) is bytes
+                got += piece
+            assert got == chunk, f"chunk {i} ({n} bytes) differs"
+        w.close()
+        data, other = accel.epoll_collect(epoll.fileno(), sizes, select.EPOLLIN)
+        assert data is None and [(fd, result) for fd, _, result in other] == [(r.fileno(), 0)]
+    finally:
+        r.close()
+        w.close()
+
+
+@requires_collect
 def test_collect_refuses_bad_arguments(epoll):
     with pytest.raises(TypeError):
         accel.epoll_collect(epoll.fileno(), (0, 0), select.EPOLLIN)

@@ -275,8 +275,9 @@ def test_a_transport_closed_mid_batch_gets_nothing_and_its_number_is_not_confuse
 
 
 def test_a_flood_on_many_connections_overflows_no_buffer(poller):
-    # More than one iteration's receive arena (1 MiB) is ready at once: the
-    # channels that do not fit read for themselves, and nothing is lost.
+    # More than one iteration's receive budget (the C path's RECEIVE_BUDGET)
+    # is ready at once: the channels that do not fit read for themselves,
+    # and nothing is lost.
     count = 8
     payload = os.urandom(400 * 1024)
     pairs = [sink_and_peer(poller) for _ in range(count)]

@@ -69,8 +69,8 @@ WRITE = 4
 #: larger request makes CPython allocate that much for every call before
 #: shrinking it, and from 128 KiB on glibc maps and unmaps it each time:
 #: ``recv(262144)`` with 1 KiB waiting took 14 us where ``recv(65536)``
-#: took 1.4 (CPython 3.11 and 3.13, Linux). The C path's batch receives
-#: into one reusable arena and is not capped.
+#: took 1.4 (CPython 3.11 and 3.13, Linux). The C path's batch is bounded
+#: by its own receive budget instead (csrc/pike_batch.c).
 RECV_CAP = 65536
 
 #: The longest single wait, in seconds: the kernels' millisecond timeouts
