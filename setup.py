@@ -76,8 +76,7 @@ def _use_limited_api():
     )
 
 
-def _accelerator():
-    limited = _use_limited_api()
+def _accelerator(limited):
     return Extension(
         "pike._pike_accel",
         sources=SOURCES,
@@ -91,8 +90,9 @@ def _accelerator():
 
 kwargs = {"cmdclass": {"build_ext": OptionalBuildExt}}
 if not os.environ.get("PIKE_NO_ACCEL"):
-    kwargs["ext_modules"] = [_accelerator()]
-    if _use_limited_api():
+    limited = _use_limited_api()
+    kwargs["ext_modules"] = [_accelerator(limited)]
+    if limited:
         # The module is abi3, so the wheel says so.
         kwargs["options"] = {"bdist_wheel": {"py_limited_api": LIMITED_API_TAG}}
 

@@ -66,7 +66,6 @@ static unsigned char streaming[STREAM_MARKS];
 int pike_batch_init(PyObject *module)
 {
     if (PyModule_AddIntConstant(module, "NOT_RECEIVED", NOT_RECEIVED) < 0
-        || PyModule_AddIntConstant(module, "MAX_EVENTS", MAX_EVENTS) < 0
         || PyModule_AddIntConstant(module, "RECEIVE_BUDGET", RECEIVE_BUDGET) < 0
         || PyModule_AddIntConstant(module, "MIN_RECEIVE", MIN_RECEIVE) < 0)
         return -1;
@@ -104,26 +103,44 @@ static int put(records *r, PyObject *item)
     return 0;
 }
 
-/* The tuple (first, second); steals both, either of which may be NULL
- * (a failed call: then NULL, with the exception set). */
-static PyObject *pair(PyObject *first, PyObject *second)
+/* A tuple of the n items; steals them all, any of which may be NULL (a
+ * failed call: then NULL, with the exception set). */
+static PyObject *pack(Py_ssize_t n, PyObject *items[])
 {
-    PyObject *tuple = NULL;
+    PyObject *tuple;
+    Py_ssize_t i;
 
-    if (first != NULL && second != NULL && (tuple = PyTuple_New(2)) != NULL) {
-        PyTuple_SetItem(tuple, 0, first);
-        PyTuple_SetItem(tuple, 1, second);
-        return tuple;
-    }
-    Py_XDECREF(first);
-    Py_XDECREF(second);
+    for (i = 0; i < n; i++)
+        if (items[i] == NULL)
+            goto fail;
+    tuple = PyTuple_New(n);
+    if (tuple == NULL)
+        goto fail;
+    for (i = 0; i < n; i++)
+        PyTuple_SetItem(tuple, i, items[i]);
+    return tuple;
+
+fail:
+    for (i = 0; i < n; i++)
+        Py_XDECREF(items[i]);
     return NULL;
 }
 
-/* (fd, bits, result). */
+static PyObject *pair(PyObject *first, PyObject *second)
+{
+    PyObject *items[2] = {first, second};
+
+    return pack(2, items);
+}
+
+/* (fd, bits, result), built directly: Py_BuildValue would parse its
+ * format for every event of a channel that reads for itself. */
 static PyObject *record3(int fd, unsigned int bits, long result)
 {
-    return Py_BuildValue("(iIl)", fd, bits, result);
+    PyObject *items[3] = {PyLong_FromLong(fd), PyLong_FromUnsignedLong(bits),
+                          PyLong_FromLong(result)};
+
+    return pack(3, items);
 }
 
 /* The list, cut to its records; None when there were none. */

@@ -9,7 +9,6 @@ def send_now(sock: object, data: _Buffer) -> int: ...
 
 # Linux only (epoll).
 NOT_RECEIVED: int
-MAX_EVENTS: int
 RECEIVE_BUDGET: int
 MIN_RECEIVE: int
 
