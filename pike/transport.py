@@ -180,6 +180,11 @@ class Transport:
         self._write_armed = False
         self._queue: WriteQueue | None = None  # made on first use
         self._write_state = WRITE_OPEN  # one of the WRITE_* states above
+        # True while write() may send at once, skipping its checks: open
+        # for writing, a socket, not connecting, nothing queued. Only
+        # write's checked path sets it, having made every check; whatever
+        # could make one fail clears it (see _close_write_gate).
+        self._write_direct = False
         self._plain_read_event = type(self)._plain_read_event  # (a copy: as above)
         # > 0: the poller receives up to this many bytes for us and calls
         # handle_data (see _update_receive_size and pike.poller.channel).
@@ -296,6 +301,7 @@ class Transport:
         reports at once is raised here, and the transport is closed.
         """
         sock = self._require_socket()
+        self._close_write_gate()  # writes queue until connected
         self.connected = False
         self.connecting = True
         self.addr = address
@@ -717,16 +723,21 @@ class Transport:
         write notifications. Raises BrokenPipeError on a closed transport
         and RuntimeError after :meth:`write_eof`.
         """
-        if not data:
-            return
-        if self._write_state or self.closed or self.socket is None:
-            self._check_writable()  # raises
-        if type(data) is not bytes:
-            if type(data) is not bytearray:
-                data = memoryview(data).cast("B")  # so len() counts bytes
-        if self._queue or self.connecting:
-            self._enqueue(data)
-            return
+        if not (self._write_direct and type(data) is bytes and data):
+            # The checked path (the gate is shut, or data is not plain bytes).
+            if not data:
+                return
+            if self._write_state or self.closed or self.socket is None:
+                self._check_writable()  # raises
+            if type(data) is not bytes:
+                if type(data) is not bytearray:
+                    data = memoryview(data).cast("B")  # so len() counts bytes
+            if self._queue or self.connecting:
+                self._enqueue(data)
+                return
+            # Every check passed: the next writes may skip them (on CPython
+            # 3.11 they cost more than the send's own call).
+            self._write_direct = True
         try:
             sent = _socket_send(self.socket, data)
         except (BlockingIOError, InterruptedError):
@@ -745,7 +756,11 @@ class Transport:
         self._queued_more()
 
     def _write_queue(self) -> WriteQueue:
-        """The write queue, made on first use (most connections never queue)."""
+        """The write queue, made on first use (most connections never queue).
+
+        Whoever asks for it may append to it: write's gate shuts.
+        """
+        self._write_direct = False
         queue = self._queue
         if queue is None:
             queue = self._queue = WriteQueue()
@@ -869,6 +884,16 @@ class Transport:
     def is_writing_paused(self) -> bool:
         return self._writing_paused
 
+    def _close_write_gate(self) -> None:
+        """write() must make its checks again: something they test changed.
+
+        Called where the transport stops being open for writing or starts
+        connecting. A queue that gets data shuts the gate in
+        :meth:`_write_queue` (so write_eof or close_when_done with data
+        queued, or while connecting, finds it shut already).
+        """
+        self._write_direct = False
+
     def _check_writable(self) -> None:
         if self._write_state:
             raise RuntimeError("write after write_eof() or close_when_done()")
@@ -916,6 +941,7 @@ class Transport:
         self._check_water_marks()
 
     def _shutdown_write(self) -> None:
+        self._close_write_gate()
         self._write_state = WRITE_SHUT
         try:
             self.socket.shutdown(socket.SHUT_WR)
@@ -973,6 +999,7 @@ class Transport:
             if self.closed:
                 return  # (closed again from a callback on the way)
         self.closed = True
+        self._close_write_gate()
         self.connected = self.connecting = self.accepting = False
         self._reading = False
         self._receive_size = 0
@@ -1116,6 +1143,7 @@ class Transport:
         docs/design.rst).
         """
         sock, queue = self.socket, self._queue
+        self._close_write_gate()
         self.socket = None
         self._queue = None
         return sock, queue

@@ -468,6 +468,51 @@ def test_context_manager_closes(poller):
     assert t.closed and t not in poller.channels()
 
 
+@pytest.mark.parametrize("then", ["write_eof", "close_when_done", "close", "detach", "queue"])
+def test_write_after_a_fast_write_still_checks(pair, poller, then):
+    """After a write that went straight out, write() skips its checks (its
+    gate is open); every change that would fail one of them must shut it."""
+    t, peer = pair
+    t.write(b"first")
+    assert t._write_direct  # the gate the fast path reads
+    reader = PeerReader(peer)
+    if then == "write_eof":
+        t.write_eof()
+        with pytest.raises(RuntimeError):
+            t.write(b"late")
+    elif then == "close_when_done":
+        t.close_when_done()
+        with pytest.raises((RuntimeError, BrokenPipeError)):
+            t.write(b"late")
+    elif then == "close":
+        t.close()
+        with pytest.raises(BrokenPipeError):
+            t.write(b"late")
+    elif then == "detach":
+        sock, _ = t.detach_socket()
+        try:
+            with pytest.raises(BrokenPipeError):
+                t.write(b"late")
+        finally:
+            t.close()
+            sock.close()
+        return
+    else:
+        # A queue: what follows must go behind it, in order.
+        block = b"q" * 65536
+        sent = b"first"
+        while not t.get_write_buffer_size():
+            t.write(block)
+            sent += block
+        t.write(b"last")
+        sent += b"last"
+        run_until(poller, lambda: reader.pump() and len(reader.data) >= len(sent))
+        assert bytes(reader.data) == sent
+        return
+    run_until(poller, lambda: reader.pump() and len(reader.data) >= 5)
+    assert bytes(reader.data) == b"first"
+
+
 def test_write_counts_bytes_of_multibyte_buffers(pair, poller):
     """An array of ints has len() in items: write() must count bytes."""
     import array

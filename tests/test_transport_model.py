@@ -237,6 +237,10 @@ class _Run:
         assert t.events.count("close") <= 1, t.events
         assert "error" not in t.events, t.events
         assert t.events.count("read_eof") <= 1, t.events
+        if t._write_direct:
+            # write() skips its checks only while every one would pass.
+            assert not (t._write_state or t.closed or t.socket is None), "write's gate open"
+            assert not (t.connecting or t._queue), "write's gate open with a queue"
 
     def drain(self):
         """Let everything settle; then check that nothing was lost."""
