@@ -20,9 +20,10 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-/* pike_send.c: send(sock, data) and send_now(sock, data). */
+/* pike_send.c: send(sock, data), send_now(sock, data), send_rest(sock, data). */
 PyObject *pike_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *pike_send_now(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+PyObject *pike_send_rest(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 int pike_send_init(void);
 
 /* pike_batch.c: epoll_collect(epfd, receive_sizes, read_events); Linux. */

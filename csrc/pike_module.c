@@ -9,6 +9,9 @@ static PyMethodDef accel_methods[] = {
      "in C, keeping the GIL."},
     {"send_now", FASTCALL(pike_send_now),
      "send_now(sock, data) -> int: as send(), but 0 when it would block."},
+    {"send_rest", FASTCALL(pike_send_rest),
+     "send_rest(sock, data) -> int: as send(), but the count of bytes not "
+     "sent (all of them when it would block)."},
 #ifdef PIKE_HAVE_EPOLL
     {"epoll_collect", FASTCALL(pike_epoll_collect),
      "epoll_collect(epfd, receive_sizes, read_events) -> None or "

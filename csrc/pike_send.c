@@ -7,7 +7,13 @@
  * returns 0 instead of raising when it would block, which is what an
  * asyncore-style send() loop ends with every time.
  *
- * Both send on the fd the socket object holds at the time of the call
+ * send_rest(sock, data) is the send beneath Transport.write: the count of
+ * bytes of data the kernel did not take (0 when it took them all, all of
+ * them when it would block), or the OSError. Its usual result, 0, is a
+ * cached int, where send's count is a new one, and it spares write the
+ * len() it would compare that count with.
+ *
+ * All three send on the fd the socket object holds at the time of the call
  * (its C-level fileno(), -1 once closed), never on a number remembered
  * earlier: a socket closed behind the transport fails with EBADF, as
  * socket.send does, instead of reaching whatever the kernel gave that
@@ -59,8 +65,11 @@ static int current_fd(PyObject *sock)
     return (int)fd;
 }
 
+/* What a send returns (see the top of this file). */
+typedef enum { SENT, SENT_OR_ZERO, UNSENT } send_result;
+
 static PyObject *send_common(PyObject *const *args, Py_ssize_t nargs,
-                             const char *name, int would_block_is_zero)
+                             const char *name, send_result returns)
 {
     PyObject *result = NULL;
     Py_buffer view;
@@ -94,12 +103,12 @@ static PyObject *send_common(PyObject *const *args, Py_ssize_t nargs,
         if (PyErr_CheckSignals() < 0) /* a handler raised: as socket.send */
             goto done;
     }
-    if (sent >= 0)
-        result = PyLong_FromSsize_t(sent);
-    else if (would_block_is_zero && (errno == EAGAIN || errno == EWOULDBLOCK))
-        result = PyLong_FromLong(0);
-    else
+    if (sent < 0 && returns != SENT && (errno == EAGAIN || errno == EWOULDBLOCK))
+        sent = 0;
+    if (sent < 0)
         PyErr_SetFromErrno(PyExc_OSError);
+    else
+        result = PyLong_FromSsize_t(returns == UNSENT ? view.len - sent : sent);
 done:
     if (view.obj != NULL)
         PyBuffer_Release(&view);
@@ -109,11 +118,17 @@ done:
 PyObject *pike_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    return send_common(args, nargs, "send", 0);
+    return send_common(args, nargs, "send", SENT);
 }
 
 PyObject *pike_send_now(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    return send_common(args, nargs, "send_now", 1);
+    return send_common(args, nargs, "send_now", SENT_OR_ZERO);
+}
+
+PyObject *pike_send_rest(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    return send_common(args, nargs, "send_rest", UNSENT);
 }

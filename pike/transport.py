@@ -74,14 +74,28 @@ _TCP_FAMILIES = (socket.AF_INET, socket.AF_INET6)
 
 # The primitives beneath send() and write(): where the two implementations
 # differ beneath Transport's logic (with the epoll poller's batched wait,
-# pike.poller.epoll_batch). The pure ones are the socket method itself,
-# called unbound: no Python frame of its own (and a socket subclass's send()
-# override is not used, as the C send, which sends on the fd, never does).
-# The C accelerator installs its own (pike._c_path): _socket_send keeps
-# socket.send's contract; _send_now may also return 0 instead of raising
-# BlockingIOError.
-_send_now = socket.socket.send
-_socket_send = socket.socket.send
+# pike.poller.epoll_batch). The C accelerator installs its own
+# (pike._c_path). A socket subclass's send() override is not used, as the C
+# send, which sends on the fd, never does.
+#
+# _send_now(sock, data), beneath send(): socket.send's contract, except that
+# it may return 0 instead of raising BlockingIOError. The pure one is the
+# socket method itself, called unbound: no Python frame of its own.
+_send_now = _socket_send = socket.socket.send
+
+
+def _socket_send_rest(sock: socket.socket, data: Buffer) -> int:
+    """Beneath write(): send, and return how many bytes of ``data`` (bytes,
+    or a buffer whose len() counts bytes) the kernel did not take.
+
+    Raises what ``socket.send`` raises; the C one returns ``len(data)``
+    instead of raising BlockingIOError. (Write compares the result with 0,
+    a cached int: a count of bytes sent is a new int object every time.)
+    """
+    return len(data) - _socket_send(sock, data)
+
+
+_send_rest = _socket_send_rest
 
 # A receive that found nothing after all (a spurious wake-up).
 _RECEIVE_RETRY_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR})
@@ -739,16 +753,16 @@ class Transport:
             # 3.11 they cost more than the send's own call).
             self._write_direct = True
         try:
-            sent = _socket_send(self.socket, data)
+            unsent = _send_rest(self.socket, data)
         except (BlockingIOError, InterruptedError):
-            sent = 0
+            unsent = len(data)
         except OSError as exc:
             if exc.errno in CONNECTION_LOST_ERRNOS:
                 self.handle_close()
                 return
             raise
-        if sent != len(data):
-            self._enqueue(data, sent)
+        if unsent:
+            self._enqueue(data, len(data) - unsent)
 
     def _enqueue(self, data: Buffer, offset: int = 0) -> None:
         """Queue ``data[offset:]`` behind what is queued; arm the flush."""
