@@ -99,7 +99,7 @@ static int put(records *r, PyObject *item)
 {
     if (item == NULL)
         return -1;
-    PyList_SetItem(r->list, r->filled++, item);
+    PIKE_LIST_FILL(r->list, r->filled++, item);
     return 0;
 }
 
@@ -117,7 +117,7 @@ static PyObject *pack(Py_ssize_t n, PyObject *items[])
     if (tuple == NULL)
         goto fail;
     for (i = 0; i < n; i++)
-        PyTuple_SetItem(tuple, i, items[i]);
+        PIKE_TUPLE_FILL(tuple, i, items[i]);
     return tuple;
 
 fail:
@@ -163,7 +163,7 @@ static long receive_size(PyObject *receive_sizes, Py_ssize_t known, int fd)
 
     if (fd < 0 || fd >= known)
         return 0;
-    size = PyLong_AsLong(PyList_GetItem(receive_sizes, fd));
+    size = PyLong_AsLong(PIKE_LIST_ITEM(receive_sizes, fd));
     if (size == -1 && PyErr_Occurred())
         return -1;
     return size > 0 ? size : 0;
