@@ -34,8 +34,7 @@
 #define PIKE_LIST_ITEM(list, i) PyList_GET_ITEM((list), (i))
 #endif
 
-/* pike_send.c: send(sock, data), send_now(sock, data), send_rest(sock, data). */
-PyObject *pike_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
+/* pike_send.c: send_now(sock, data) and send_rest(sock, data). */
 PyObject *pike_send_now(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 PyObject *pike_send_rest(PyObject *module, PyObject *const *args, Py_ssize_t nargs);
 int pike_send_init(void);

@@ -4,14 +4,12 @@
 #define FASTCALL(f) ((PyCFunction)(void (*)(void))(f)), METH_FASTCALL
 
 static PyMethodDef accel_methods[] = {
-    {"send", FASTCALL(pike_send),
-     "send(sock, data) -> int: socket.socket.send on a non-blocking socket, "
-     "in C, keeping the GIL."},
     {"send_now", FASTCALL(pike_send_now),
-     "send_now(sock, data) -> int: as send(), but 0 when it would block."},
+     "send_now(sock, data) -> int: socket.socket.send on a non-blocking "
+     "socket, in C, keeping the GIL; but 0 when it would block."},
     {"send_rest", FASTCALL(pike_send_rest),
-     "send_rest(sock, data) -> int: as send(), but the count of bytes not "
-     "sent (all of them when it would block)."},
+     "send_rest(sock, data) -> int: as send_now(), but the count of bytes "
+     "not sent (all of them when it would block)."},
 #ifdef PIKE_HAVE_EPOLL
     {"epoll_collect", FASTCALL(pike_epoll_collect),
      "epoll_collect(epfd, receive_sizes, read_events) -> None or "

@@ -1,19 +1,19 @@
 /*
- * The send beneath Transport.write and Transport.send on the C path.
+ * The sends beneath Transport.send and Transport.write on the C path.
  *
- * send(sock, data) keeps socket.socket.send's contract for a non-blocking
- * socket: the count of bytes sent, or an OSError of the errno's own
- * subclass (BlockingIOError when it would block). send_now(sock, data)
- * returns 0 instead of raising when it would block, which is what an
- * asyncore-style send() loop ends with every time.
+ * send_now(sock, data), beneath Transport.send, keeps socket.socket.send's
+ * contract for a non-blocking socket -- the count of bytes sent, or an
+ * OSError of the errno's own subclass -- except that it returns 0 where
+ * socket.send raises BlockingIOError, which is what an asyncore-style
+ * send() loop ends with every time.
  *
- * send_rest(sock, data) is the send beneath Transport.write: the count of
- * bytes of data the kernel did not take (0 when it took them all, all of
- * them when it would block), or the OSError. Its usual result, 0, is a
- * cached int, where send's count is a new one, and it spares write the
- * len() it would compare that count with.
+ * send_rest(sock, data), beneath Transport.write: the count of bytes of
+ * data the kernel did not take (0 when it took them all, all of them when
+ * it would block), or the OSError. Its usual result, 0, is a cached int,
+ * where a count of bytes sent is a new one, and it spares write the len()
+ * it would compare that count with.
  *
- * All three send on the fd the socket object holds at the time of the call
+ * Both send on the fd the socket object holds at the time of the call
  * (its C-level fileno(), -1 once closed), never on a number remembered
  * earlier: a socket closed behind the transport fails with EBADF, as
  * socket.send does, instead of reaching whatever the kernel gave that
@@ -66,7 +66,7 @@ static int current_fd(PyObject *sock)
 }
 
 /* What a send returns (see the top of this file). */
-typedef enum { SENT, SENT_OR_ZERO, UNSENT } send_result;
+typedef enum { SENT, UNSENT } send_result;
 
 static PyObject *send_common(PyObject *const *args, Py_ssize_t nargs,
                              const char *name, send_result returns)
@@ -103,8 +103,8 @@ static PyObject *send_common(PyObject *const *args, Py_ssize_t nargs,
         if (PyErr_CheckSignals() < 0) /* a handler raised: as socket.send */
             goto done;
     }
-    if (sent < 0 && returns != SENT && (errno == EAGAIN || errno == EWOULDBLOCK))
-        sent = 0;
+    if (sent < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+        sent = 0; /* would block: 0 sent (so all of it left, for send_rest) */
     if (sent < 0)
         PyErr_SetFromErrno(PyExc_OSError);
     else
@@ -115,16 +115,10 @@ done:
     return result;
 }
 
-PyObject *pike_send(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    (void)module;
-    return send_common(args, nargs, "send", SENT);
-}
-
 PyObject *pike_send_now(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
     (void)module;
-    return send_common(args, nargs, "send_now", SENT_OR_ZERO);
+    return send_common(args, nargs, "send_now", SENT);
 }
 
 PyObject *pike_send_rest(PyObject *module, PyObject *const *args, Py_ssize_t nargs)

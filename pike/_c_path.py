@@ -16,10 +16,11 @@ The C sends keep ``socket.socket.send``'s contract on a non-blocking
 socket, fd and errors included (they send on the fd the socket holds now,
 -1 once closed). They are cheaper because they keep the GIL (a non-blocking
 call's own work costs less than releasing and retaking it) and skip the
-argument parsing of a method call. ``send_now`` returns 0 where ``send``
-raises BlockingIOError, which is what an asyncore-style ``send`` loop ends
-with every time; ``send_rest`` returns what is left (0, a cached int, when
-the kernel took everything). Figures: docs/accelerator.rst.
+argument parsing of a method call. ``send_now`` returns 0 where
+``socket.send`` raises BlockingIOError, which is what an asyncore-style
+``send`` loop ends with every time; ``send_rest`` returns what is left (0,
+a cached int, when the kernel took everything). Figures:
+docs/accelerator.rst.
 
 :func:`install` puts the C primitives in force (and the batched epoll poller
 for pollers made from then on, see :mod:`pike._impl`); :func:`uninstall`

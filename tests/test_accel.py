@@ -1,8 +1,8 @@
 """The C accelerator (``pike._pike_accel``) and how pike chooses it.
 
-* ``send``, ``send_now`` and ``send_rest`` are driven on real socketpairs
-  and held to ``socket.socket.send`` (``send_rest`` to the pure one beneath
-  ``write``) case by case (bytes moved, buffer types,
+* ``send_now`` and ``send_rest`` are driven on real socketpairs and held to
+  ``socket.socket.send`` (``send_rest`` to the pure one beneath ``write``)
+  case by case (bytes moved, buffer types,
   would-block, closed sockets, non-sockets, a closed peer: EPIPE, never
   SIGPIPE).
 * ``epoll_collect`` is driven on a real epoll set: records, EOF, the
@@ -79,7 +79,7 @@ def _receive_exactly(sock, size):
 
 
 @requires_accel
-@pytest.mark.parametrize("name", ["send", "send_now", "send_rest"])
+@pytest.mark.parametrize("name", ["send_now", "send_rest"])
 @pytest.mark.parametrize("size", [1, 100, 4096, 60000])
 def test_send_moves_bytes(socketpair, name, size):
     a, b = socketpair
@@ -99,18 +99,18 @@ def test_send_moves_bytes(socketpair, name, size):
 def test_send_takes_any_contiguous_buffer_and_counts_bytes(socketpair, data):
     a, b = socketpair
     expected = bytes(data)
-    assert accel.send(a, data) == len(expected)  # bytes, not items
+    assert accel.send_now(a, data) == len(expected)  # bytes, not items
     assert _receive_exactly(b, len(expected)) == expected
 
 
 @requires_accel
-@pytest.mark.parametrize("name", ["send", "send_rest"])
+@pytest.mark.parametrize("name", ["send_now", "send_rest"])
 def test_partial_send_when_the_buffer_fills(socketpair, name):
     a, b = socketpair
     data = bytes(range(256)) * (32 * 1024)  # 8 MiB: more than the buffers hold
     n = getattr(accel, name)(a, data)
-    assert 0 < n < len(data)  # sent (send) or left (send_rest): some of each
-    sent = n if name == "send" else len(data) - n
+    assert 0 < n < len(data)  # sent (send_now) or left (send_rest): some of each
+    sent = n if name == "send_now" else len(data) - n
     assert _receive_exactly(b, 1024)[:1024] == data[:1024]
     assert sent >= 1024
 
@@ -127,12 +127,11 @@ def _fill(sock):
 
 
 @requires_accel
-def test_would_block_raises_for_send_and_is_zero_for_send_now(socketpair):
+def test_would_block_is_zero_sent_or_all_left(socketpair):
     a, b = socketpair
     _fill(a)
-    with pytest.raises(BlockingIOError) as caught:
-        accel.send(a, b"more")
-    assert caught.value.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+    with pytest.raises(BlockingIOError):
+        socket.socket.send(a, b"more")  # where the socket's own send raises
     assert accel.send_now(a, b"more") == 0
     assert accel.send_rest(a, b"more") == 4  # all of it unsent
 
@@ -162,7 +161,7 @@ def _outcome(fn, sock, data):
 
 
 @requires_accel
-@pytest.mark.parametrize("name", ["send", "send_now", "send_rest"])
+@pytest.mark.parametrize("name", ["send_now", "send_rest"])
 @pytest.mark.parametrize(
     "case, data",
     [("closed socket", b"x"), ("closed peer", b"x"), ("closed peer", b"y" * 100000),
@@ -198,10 +197,10 @@ def test_c_send_does_what_socket_send_does(name, case, data):
 
 @requires_accel
 def test_send_wants_two_arguments():
+    with socket.socket() as sock, pytest.raises(TypeError):
+        accel.send_now(sock)
     with pytest.raises(TypeError):
-        accel.send(socket.socket())
-    with pytest.raises(TypeError):
-        accel.send_now()
+        accel.send_rest()
 
 
 # -- epoll_collect ---------------------------------------------------------------
@@ -489,7 +488,7 @@ def test_blocking_socket_cannot_hang():
 @requires_accel
 def test_send_to_closed_peer_raises_no_sigpipe():
     # CPython ignores SIGPIPE; restore the default action, which would kill
-    # the process if pike_send let the kernel raise the signal.
+    # the process if the C send let the kernel raise the signal.
     result = run_python(
         """
         import signal, socket
@@ -499,7 +498,7 @@ def test_send_to_closed_peer_raises_no_sigpipe():
         b.close()
         for data in (b"x", b"y" * 100000):
             try:
-                _pike_accel.send(a, data)
+                _pike_accel.send_now(a, data)
             except BrokenPipeError as exc:
                 print(exc.errno)
         """
