@@ -197,7 +197,9 @@ class Transport:
         # True while write() may send at once, skipping its checks: open
         # for writing, a socket, not connecting, nothing queued. Only
         # write's checked path sets it, having made every check; whatever
-        # could make one fail clears it (see _close_write_gate).
+        # could make one fail clears it: connect, _shutdown_write, close,
+        # detach_socket, and _write_queue (every append asks for the queue,
+        # so write_eof or close_when_done with data queued finds it clear).
         self._write_direct = False
         self._plain_read_event = type(self)._plain_read_event  # (a copy: as above)
         # > 0: the poller receives up to this many bytes for us and calls
@@ -315,7 +317,7 @@ class Transport:
         reports at once is raised here, and the transport is closed.
         """
         sock = self._require_socket()
-        self._close_write_gate()  # writes queue until connected
+        self._write_direct = False  # writes queue until connected
         self.connected = False
         self.connecting = True
         self.addr = address
@@ -898,16 +900,6 @@ class Transport:
     def is_writing_paused(self) -> bool:
         return self._writing_paused
 
-    def _close_write_gate(self) -> None:
-        """write() must make its checks again: something they test changed.
-
-        Called where the transport stops being open for writing or starts
-        connecting. A queue that gets data shuts the gate in
-        :meth:`_write_queue` (so write_eof or close_when_done with data
-        queued, or while connecting, finds it shut already).
-        """
-        self._write_direct = False
-
     def _check_writable(self) -> None:
         if self._write_state:
             raise RuntimeError("write after write_eof() or close_when_done()")
@@ -955,7 +947,7 @@ class Transport:
         self._check_water_marks()
 
     def _shutdown_write(self) -> None:
-        self._close_write_gate()
+        self._write_direct = False
         self._write_state = WRITE_SHUT
         try:
             self.socket.shutdown(socket.SHUT_WR)
@@ -1013,7 +1005,7 @@ class Transport:
             if self.closed:
                 return  # (closed again from a callback on the way)
         self.closed = True
-        self._close_write_gate()
+        self._write_direct = False
         self.connected = self.connecting = self.accepting = False
         self._reading = False
         self._receive_size = 0
@@ -1157,7 +1149,7 @@ class Transport:
         docs/design.rst).
         """
         sock, queue = self.socket, self._queue
-        self._close_write_gate()
+        self._write_direct = False
         self.socket = None
         self._queue = None
         return sock, queue
